@@ -1,0 +1,125 @@
+//! The user's command under the client: started once the network is up,
+//! sent the signals meant for it, and reaped.
+//!
+//! The client may be PID 1 of the container, so it reaps every child that
+//! ends (orphans included), not only its own command. Signals that a
+//! supervisor sends to the client alone (SIGTERM, SIGHUP, SIGUSR1/2) are
+//! passed on. SIGINT is not: a terminal's Ctrl-C already reaches every
+//! process of its foreground group, the command included, so passing it on
+//! would deliver it twice; the client just keeps relaying until the command
+//! ends.
+
+use std::ffi::OsString;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+use tracing::{debug, info};
+
+/// Signals that are passed on to the command.
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Signal streams, installed before the command starts so none is missed.
+pub struct Supervisor {
+    forwarded: Vec<(Signal, SignalStream)>,
+    child_ended: SignalStream,
+    interrupt: SignalStream,
+}
+
+impl Supervisor {
+    /// Installs the handlers. Call before [`spawn`](Self::spawn).
+    pub fn install() -> Result<Self> {
+        let mut forwarded = Vec::new();
+        for sig in FORWARDED {
+            let stream = signal(SignalKind::from_raw(sig as i32))
+                .with_context(|| format!("install {sig} handler"))?;
+            forwarded.push((sig, stream));
+        }
+        Ok(Self {
+            forwarded,
+            child_ended: signal(SignalKind::child()).context("install SIGCHLD handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
+    }
+
+    /// Starts `command` and supervises it until it ends; returns its exit
+    /// status the way a shell reports it (128+n when killed by signal n).
+    pub async fn run(mut self, command: &[OsString]) -> Result<i32> {
+        let pid = spawn(command)?;
+        info!(pid = pid.as_raw(), command = ?command, "command started");
+        loop {
+            if let Some(status) = reap(pid)? {
+                info!(status, "command ended");
+                return Ok(status);
+            }
+            self.next_event(pid).await;
+        }
+    }
+
+    /// Waits for a signal; forwards it if it is meant for the command.
+    async fn next_event(&mut self, pid: Pid) {
+        let forwarded = futures_select(&mut self.forwarded);
+        tokio::select! {
+            _ = self.child_ended.recv() => {}
+            _ = self.interrupt.recv() => debug!("SIGINT: left to the terminal's delivery"),
+            sig = forwarded => {
+                debug!(%sig, "forwarding signal to the command");
+                // The command may have ended a moment ago: ESRCH is harmless.
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// Resolves with the first of `streams` that receives its signal.
+async fn futures_select(streams: &mut [(Signal, SignalStream)]) -> Signal {
+    std::future::poll_fn(|cx| {
+        for (sig, stream) in streams.iter_mut() {
+            if stream.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*sig);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn spawn(command: &[OsString]) -> Result<Pid> {
+    let (program, args) = command.split_first().context("empty command")?;
+    let child = Command::new(program)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("start {}", program.to_string_lossy()))?;
+    // The child is reaped by pid below, never through `Child::wait`.
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// Reaps every ended child; returns the command's status once it has ended.
+fn reap(command: Pid) -> Result<Option<i32>> {
+    loop {
+        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(err) => return Err(err).context("wait for children"),
+            Ok(status) => status,
+        };
+        let code = match status {
+            WaitStatus::Exited(pid, code) if pid == command => code,
+            WaitStatus::Signaled(pid, sig, _) if pid == command => 128 + sig as i32,
+            other => {
+                debug!(?other, "reaped an orphan");
+                continue;
+            }
+        };
+        return Ok(Some(code));
+    }
+}

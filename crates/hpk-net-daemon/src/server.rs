@@ -1,0 +1,240 @@
+//! Server mode: owns the host-side tap and serves one peer at a time.
+//!
+//! The server creates the tap, attaches it to the bridge, listens on the
+//! relay socket and its control socket, and only then reports ready. A new
+//! connection replaces the current one (newest wins), so a restarted
+//! container side never waits for a dead peer. SIGTERM or SIGINT ends the
+//! server: the sockets are unlinked and the tap goes with the process.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hpk_netconf::Netlink;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::relay::{self, ConnectionEnd};
+use crate::stats::{self, Stats};
+use crate::tap::Tap;
+
+/// Longest path a UNIX socket address holds (`sun_path` less its NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// Everything the server needs to know.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    pub tap: String,
+    pub bridge: Option<String>,
+    pub mtu: Option<u32>,
+    pub txqueuelen: u32,
+    pub socket_owner: Option<(u32, Option<u32>)>,
+    pub ready_fd: Option<i32>,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn run(config: ServerConfig) -> Result<()> {
+    check_socket_path(&config.socket)?;
+    // Take the descriptor first so it is closed on every early exit, which
+    // a waiting parent sees as "failed before ready".
+    // SAFETY: the caller passed this descriptor for us alone to write and close.
+    let ready = config
+        .ready_fd
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    clear_stale_socket(&config.socket).await?;
+
+    let tap = Tap::create(&config.tap).with_context(|| {
+        format!(
+            "create tap {} (is /dev/net/tun usable and the name free?)",
+            config.tap
+        )
+    })?;
+    configure_tap(&config).await?;
+
+    let mut listeners = Listeners::bind(&config)?;
+    let stats = Stats::new();
+    if let Some(control) = listeners.control.take() {
+        tokio::spawn(stats::serve_control(control, stats.clone()));
+    }
+    signal_ready(ready)?;
+    info!(socket = %config.socket.display(), tap = %config.tap, "relay server ready");
+
+    let result = serve(&listeners.relay, Arc::new(tap), stats).await;
+    listeners.remove_files();
+    result
+}
+
+/// Accepts connections until asked to stop; the newest peer always wins.
+async fn serve(listener: &UnixListener, tap: Arc<Tap>, stats: Arc<Stats>) -> Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut current: Option<JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => { warn!(%err, "accept failed"); continue; }
+                };
+                if let Some(previous) = current.take() {
+                    previous.abort();
+                    let _ = previous.await;
+                    info!("new peer replaces the current one");
+                }
+                stats.connected();
+                current = Some(tokio::spawn(serve_peer(stream, tap.clone(), stats.clone())));
+            }
+            _ = terminate.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = interrupt.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+    if let Some(peer) = current.take() {
+        peer.abort();
+        let _ = peer.await;
+    }
+    Ok(())
+}
+
+async fn serve_peer(stream: UnixStream, tap: Arc<Tap>, stats: Arc<Stats>) {
+    debug!("peer connected");
+    match relay::run(&tap, &stream, &stats).await {
+        ConnectionEnd::PeerClosed => info!("peer disconnected"),
+        ConnectionEnd::Protocol(err) => {
+            stats.protocol_error();
+            warn!(%err, "dropping peer that broke the framing; still serving");
+        }
+        ConnectionEnd::Io(err) => info!(%err, "peer connection failed"),
+    }
+}
+
+async fn configure_tap(config: &ServerConfig) -> Result<()> {
+    let netlink = Netlink::open().context("open netlink socket")?;
+    let link = netlink
+        .link(&config.tap)
+        .await?
+        .with_context(|| format!("tap {} vanished right after creation", config.tap))?;
+    if let Some(mtu) = config.mtu {
+        netlink
+            .set_mtu(link.index, mtu)
+            .await
+            .with_context(|| format!("set mtu {mtu} on {}", config.tap))?;
+    }
+    netlink
+        .set_txqueuelen(link.index, config.txqueuelen)
+        .await?;
+    if let Some(bridge) = &config.bridge {
+        let master = netlink
+            .link(bridge)
+            .await?
+            .with_context(|| format!("bridge {bridge} does not exist"))?;
+        netlink
+            .set_master(link.index, master.index)
+            .await
+            .with_context(|| format!("attach {} to {bridge}", config.tap))?;
+    }
+    netlink.set_up(link.index).await?;
+    Ok(())
+}
+
+/// The relay socket and its control socket, unlinked again on shutdown.
+struct Listeners {
+    relay: UnixListener,
+    control: Option<UnixListener>,
+    paths: [PathBuf; 2],
+}
+
+impl Listeners {
+    fn bind(config: &ServerConfig) -> Result<Self> {
+        let control_path = stats::control_path(&config.socket);
+        let relay = bind_private(&config.socket, config.socket_owner)?;
+        let control = match bind_private(&control_path, config.socket_owner) {
+            Ok(listener) => listener,
+            Err(err) => {
+                let _ = fs::remove_file(&config.socket);
+                return Err(err);
+            }
+        };
+        Ok(Self {
+            relay: UnixListener::from_std(relay)?,
+            control: Some(UnixListener::from_std(control)?),
+            paths: [config.socket.clone(), control_path],
+        })
+    }
+
+    fn remove_files(&self) {
+        for path in &self.paths {
+            if let Err(err) = fs::remove_file(path) {
+                warn!(path = %path.display(), %err, "could not remove socket file");
+            }
+        }
+    }
+}
+
+/// Binds a listening socket readable and writable by its owner alone.
+fn bind_private(
+    path: &Path,
+    owner: Option<(u32, Option<u32>)>,
+) -> Result<std::os::unix::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    let cleanup = |err: anyhow::Error| {
+        let _ = fs::remove_file(path);
+        err
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("make {} private", path.display()))
+        .map_err(cleanup)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), gid)
+            .with_context(|| format!("hand {} to uid {uid}", path.display()))
+            .map_err(cleanup)?;
+    }
+    Ok(listener)
+}
+
+/// Refuses paths the kernel would truncate, before anything is created.
+pub fn check_socket_path(path: &Path) -> Result<()> {
+    let control = stats::control_path(path);
+    let len = control.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        bail!(
+            "socket path {} is too long: with its .ctl twin it needs {len} bytes, a UNIX \
+             socket holds {SUN_PATH_MAX}; choose a shorter directory",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes a socket file left by a dead server; refuses to steal a live one.
+///
+/// Liveness is asked of the control socket: a connection to the relay socket
+/// itself would displace the live server's peer (newest wins).
+async fn clear_stale_socket(path: &Path) -> Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    if UnixStream::connect(stats::control_path(path)).await.is_ok() {
+        bail!("another relay is serving {} already", path.display());
+    }
+    debug!(path = %path.display(), "removing stale socket");
+    fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))?;
+    let _ = fs::remove_file(stats::control_path(path));
+    Ok(())
+}
+
+fn signal_ready(ready: Option<OwnedFd>) -> Result<()> {
+    if let Some(fd) = ready {
+        let mut file = fs::File::from(fd);
+        file.write_all(b"1").context("write to --ready-fd")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Relay counters, and the control socket that reports them while running.
+//!
+//! Counters are plain relaxed atomics bumped once per batch or frame; the
+//! control socket (`<socket>.ctl`) answers every connection with one JSON
+//! line and closes, so tests and `hpktainer ps` can read exact figures
+//! without stopping the relay.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Counters for one direction of the relay.
+#[derive(Debug, Default)]
+pub struct DirectionCounters {
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl DirectionCounters {
+    /// Counts `frames` frames totalling `bytes` bytes (frame bytes, not
+    /// including the length prefixes).
+    pub fn add(&self, frames: u64, bytes: u64) {
+        self.frames.fetch_add(frames, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    /// Counts one frame that could not be delivered.
+    pub fn drop_one(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+
+    fn snapshot(&self) -> DirectionSnapshot {
+        DirectionSnapshot {
+            bytes: self.bytes.load(Relaxed),
+            frames: self.frames.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
+}
+
+/// Every counter of one relay process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Frames read from the tap and sent to the peer.
+    pub tap_to_socket: DirectionCounters,
+    /// Frames received from the peer and written to the tap.
+    pub socket_to_tap: DirectionCounters,
+    connections: AtomicU64,
+    protocol_errors: AtomicU64,
+}
+
+impl Stats {
+    /// A fresh, shareable set of counters.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Counts an accepted (server) or established (client) connection.
+    pub fn connected(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a connection ended because its peer broke the framing.
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            tap_to_socket: self.tap_to_socket.snapshot(),
+            socket_to_tap: self.socket_to_tap.snapshot(),
+            connections: self.connections.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+        }
+    }
+}
+
+/// One direction's counters as reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionSnapshot {
+    pub bytes: u64,
+    pub frames: u64,
+    pub dropped: u64,
+}
+
+/// What the control socket answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    pub tap_to_socket: DirectionSnapshot,
+    pub socket_to_tap: DirectionSnapshot,
+    pub connections: u64,
+    pub protocol_errors: u64,
+}
+
+/// The control socket's path for a relay socket path.
+pub fn control_path(socket: &Path) -> PathBuf {
+    let mut path = socket.as_os_str().to_owned();
+    path.push(".ctl");
+    PathBuf::from(path)
+}
+
+/// Answers each connection on `listener` with one JSON line of `stats`.
+pub async fn serve_control(listener: UnixListener, stats: Arc<Stats>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let mut line = serde_json::to_vec(&stats.snapshot()).expect("counters serialise");
+        line.push(b'\n');
+        // A reader that vanished mid-answer costs nothing worth reporting.
+        let _ = stream.write_all(&line).await;
+    }
+}
+
+/// Reads the counters of the relay whose socket is `socket`.
+pub async fn query(socket: &Path) -> io::Result<StatsSnapshot> {
+    let mut stream = UnixStream::connect(control_path(socket)).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    serde_json::from_slice(&answer).map_err(io::Error::other)
+}
