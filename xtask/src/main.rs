@@ -1,2 +1,50 @@
-//! placeholder
-fn main() {}
+//! `cargo xtask`: the project's tasks — test, demo, bench — as one program,
+//! so a fresh machine needs nothing but cargo to run them.
+
+mod bench;
+mod prereq;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  test [--no-install] [-- CARGO TEST ARGS]
+                    build everything and run every test; privileged tests run
+                    too when this is root with /dev/net/tun (else reported ignored)
+  bench relay       relay vs veth: throughput both ways, round trip, CPU, peak RSS
+  help              this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// The build target every binary is built for (see .cargo/config.toml).
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
