@@ -33,6 +33,7 @@ pub struct Supervisor {
     forwarded: Vec<(Signal, SignalStream)>,
     child_ended: SignalStream,
     interrupt: SignalStream,
+    reap_orphans: bool,
 }
 
 impl Supervisor {
@@ -48,16 +49,37 @@ impl Supervisor {
             forwarded,
             child_ended: signal(SignalKind::child()).context("install SIGCHLD handler")?,
             interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+            reap_orphans: true,
         })
+    }
+
+    /// Reaps only the command, leaving the caller's other children (a relay
+    /// server, say) to the caller. For processes that are not PID 1.
+    pub fn reap_command_only(mut self) -> Self {
+        self.reap_orphans = false;
+        self
     }
 
     /// Starts `command` and supervises it until it ends; returns its exit
     /// status the way a shell reports it (128+n when killed by signal n).
-    pub async fn run(mut self, command: &[OsString]) -> Result<i32> {
-        let pid = spawn(command)?;
-        info!(pid = pid.as_raw(), command = ?command, "command started");
+    pub async fn run(self, command: &[OsString]) -> Result<i32> {
+        let (program, args) = command.split_first().context("empty command")?;
+        let mut built = Command::new(program);
+        built.args(args);
+        self.run_command(built).await
+    }
+
+    /// Like [`run`](Self::run), for a command built by the caller (with its
+    /// own environment or `pre_exec` steps).
+    pub async fn run_command(mut self, mut command: Command) -> Result<i32> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {}", command.get_program().to_string_lossy()))?;
+        // The child is reaped by pid below, never through `Child::wait`.
+        let pid = Pid::from_raw(child.id() as i32);
+        info!(pid = pid.as_raw(), program = ?command.get_program(), "command started");
         loop {
-            if let Some(status) = reap(pid)? {
+            if let Some(status) = reap(pid, self.reap_orphans)? {
                 info!(status, "command ended");
                 return Ok(status);
             }
@@ -93,20 +115,12 @@ async fn futures_select(streams: &mut [(Signal, SignalStream)]) -> Signal {
     .await
 }
 
-fn spawn(command: &[OsString]) -> Result<Pid> {
-    let (program, args) = command.split_first().context("empty command")?;
-    let child = Command::new(program)
-        .args(args)
-        .spawn()
-        .with_context(|| format!("start {}", program.to_string_lossy()))?;
-    // The child is reaped by pid below, never through `Child::wait`.
-    Ok(Pid::from_raw(child.id() as i32))
-}
-
-/// Reaps every ended child; returns the command's status once it has ended.
-fn reap(command: Pid) -> Result<Option<i32>> {
+/// Reaps ended children (every one, or only the command); returns the
+/// command's status once it has ended.
+fn reap(command: Pid, orphans_too: bool) -> Result<Option<i32>> {
+    let target = if orphans_too { None } else { Some(command) };
     loop {
-        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        let status = match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
             Err(Errno::EINTR) => continue,
             Err(err) => return Err(err).context("wait for children"),

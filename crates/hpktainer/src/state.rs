@@ -148,6 +148,16 @@ pub struct Record {
     pub ipam_result: Option<serde_json::Value>,
     /// The container id given to CNI.
     pub cni_container_id: String,
+    /// The Apptainer instance this network belongs to; such a record lives
+    /// as long as its relay, not as long as the hpktainer that made it.
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// The process keeping the client running inside an instance.
+    #[serde(default)]
+    pub attach_pid: Option<i32>,
+    /// Its start time.
+    #[serde(default)]
+    pub attach_start_time: Option<u64>,
 }
 
 impl Record {
@@ -173,6 +183,9 @@ impl Record {
             relay_pid: None,
             relay_start_time: None,
             ipam_result: None,
+            instance: None,
+            attach_pid: None,
+            attach_start_time: None,
         }
     }
 
@@ -182,6 +195,22 @@ impl Record {
             pid: self.pid,
             start_time: self.pid_start_time,
         }
+    }
+
+    /// The instance's client-attach process, when one was recorded.
+    pub fn attach(&self) -> Option<ProcessRef> {
+        Some(ProcessRef {
+            pid: self.attach_pid?,
+            start_time: self.attach_start_time?,
+        })
+    }
+
+    /// Whether the container this record describes may still be running:
+    /// its owner lives, or, for an instance (which outlives the hpktainer
+    /// that started it), its relay lives.
+    pub fn is_live(&self) -> bool {
+        let relay_lives = || self.relay().is_some_and(|relay| relay.is_alive());
+        self.owner().is_alive() || (self.instance.is_some() && relay_lives())
     }
 
     /// The relay server process, when one was recorded.

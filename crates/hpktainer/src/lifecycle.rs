@@ -1,0 +1,270 @@
+//! A container's network from allocation to release, and reclamation of
+//! what dead containers left.
+//!
+//! Theory of operation. Every step that creates something is preceded by a
+//! state record that says so: the record is written (phase `Allocating`)
+//! before host-local is asked for an address, updated (`Allocated`) with the
+//! lease, and updated again (`Running`) once the relay runs. Whatever point a
+//! crash interrupts, the record names everything that may exist, and
+//! [`release`] undoes each item whether or not it was ever made (host-local
+//! DEL, stopping a relay, removing a directory are all idempotent).
+//! Allocation and reclamation happen under the state lock, so `gc` never
+//! frees an address a starting container is about to record, and the bridge
+//! is created once however many containers start together.
+
+use std::path::PathBuf;
+
+use hpk_ipam::{HostLocal, IpamConfig};
+use hpk_netconf::{Ipv4Net, MacAddr, Netlink};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::relay_server::{self, RelaySpec};
+use crate::settings::{CNI_IFNAME, NETWORK_NAME, SOCKET_NAME, Settings};
+use crate::state::{self, DataPath, Phase, ProcessRef, Record, RecordOrError, StateDir};
+use crate::subnet_env::SubnetEnv;
+use crate::{bridge, nat};
+
+/// Everything validated and opened before a container is set up.
+pub struct Context {
+    pub settings: Settings,
+    pub subnet: SubnetEnv,
+    pub ipam: HostLocal,
+    pub state: StateDir,
+    pub netlink: Netlink,
+    pub daemon: PathBuf,
+}
+
+impl Context {
+    /// Validates the environment (subnet.env, host-local, hpk-net-daemon,
+    /// run dir, socket path length) before anything is created.
+    pub fn open(settings: Settings) -> Result<Self> {
+        let subnet = SubnetEnv::load(&settings.subnet_env)?;
+        let ipam = HostLocal::discover(settings.cni_path.as_deref())?;
+        let daemon = settings.net_daemon_path()?;
+        check_socket_path(&settings)?;
+        let state = StateDir::open(&settings.run_dir)?;
+        let netlink = Netlink::open()?;
+        Ok(Self {
+            settings,
+            subnet,
+            ipam,
+            state,
+            netlink,
+            daemon,
+        })
+    }
+
+    /// The host-local configuration for this bubble's subnet.
+    pub fn ipam_config(&self) -> IpamConfig {
+        let data_dir = self.settings.cni_data_dir.clone();
+        IpamConfig::new(NETWORK_NAME, self.subnet.subnet, data_dir)
+    }
+}
+
+/// What a container is attached with.
+pub struct Attachment<'a> {
+    pub image: String,
+    pub command: Vec<String>,
+    pub instance: Option<String>,
+    pub log_level: &'a str,
+}
+
+/// Allocates an address, makes sure the bridge and NAT are in place, and
+/// starts the relay; returns the record in phase `Running`. On failure,
+/// everything made so far is released again.
+pub async fn attach(ctx: &Context, what: Attachment<'_>) -> Result<Record> {
+    let id = state::new_id();
+    let owner = ProcessRef::current().map_err(|err| Error::step("inspect this process", err))?;
+    let mut record = Record::new(id.clone(), owner, DataPath::Relay);
+    record.tap = format!("hpk{id}");
+    record.socket_dir = ctx.settings.socket_dir(&id);
+    record.image = what.image;
+    record.command = what.command;
+    record.instance = what.instance;
+
+    let lock = ctx.state.lock()?;
+    reclaim_dead(ctx).await;
+    ctx.state.write(&record)?;
+    let allocated = allocate(ctx, &mut record).await;
+    drop(lock);
+
+    let started = match allocated {
+        Ok(()) => start_relay(ctx, &mut record, what.log_level),
+        Err(err) => Err(err),
+    };
+    if let Err(err) = started {
+        release(ctx, &record).await;
+        return Err(err);
+    }
+    Ok(record)
+}
+
+/// Bridge, forwarding, masquerading, then the address (under the lock).
+async fn allocate(ctx: &Context, record: &mut Record) -> Result<()> {
+    let gateway = ctx.subnet.gateway();
+    let bridge = &ctx.settings.bridge;
+    bridge::ensure(&ctx.netlink, bridge, gateway, ctx.subnet.mtu).await?;
+    nat::enable_forwarding()?;
+    if !ctx.subnet.ipmasq {
+        nat::ensure_masquerade(ctx.subnet.subnet_network(), ctx.subnet.network)?;
+    }
+
+    let config = ctx.ipam_config();
+    let result = ctx.ipam.add(&config, &record.cni_container_id, CNI_IFNAME);
+    let lease = result.map_err(|err| exhausted_or(err, ctx.subnet.subnet_network()))?;
+    let address = lease.ipv4().ok_or_else(|| {
+        Error::step(
+            "allocate an address",
+            "host-local answered without an IPv4 address",
+        )
+    })?;
+    record.address = Some(address.to_string());
+    record.gateway = Some(gateway.to_string());
+    record.mac = Some(MacAddr::from_ipv4(address.addr()).to_string());
+    record.ipam_result = Some(serde_json::to_value(&lease).expect("lease serialises"));
+    record.phase = Phase::Allocated;
+    ctx.state.write(record)?;
+    info!(id = %record.id, %address, "allocated address");
+    Ok(())
+}
+
+fn exhausted_or(err: hpk_ipam::Error, subnet: Ipv4Net) -> Error {
+    if err.is_exhausted() {
+        Error::Exhausted {
+            subnet,
+            source: err,
+        }
+    } else {
+        Error::Ipam(err)
+    }
+}
+
+fn start_relay(ctx: &Context, record: &mut Record, log_level: &str) -> Result<()> {
+    create_private_dir(&record.socket_dir)?;
+    let socket = record.socket_dir.join(SOCKET_NAME);
+    let spec = RelaySpec {
+        daemon: &ctx.daemon,
+        socket: &socket,
+        tap: &record.tap,
+        bridge: &ctx.settings.bridge,
+        mtu: ctx.subnet.mtu,
+        log_level,
+        detached: record.instance.is_some(),
+    };
+    let relay = relay_server::start(&spec)?;
+    record.relay_pid = Some(relay.pid);
+    record.relay_start_time = Some(relay.start_time);
+    record.phase = Phase::Running;
+    ctx.state.write(record)?;
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|err| Error::step(format!("create {}", dir.display()), err))
+}
+
+/// Releases everything `record` names, going on past failures; returns
+/// what failed (also logged).
+pub async fn release(ctx: &Context, record: &Record) -> Vec<Error> {
+    let mut failures = Vec::new();
+    let mut releasing = record.clone();
+    releasing.phase = Phase::Releasing;
+    if let Err(err) = ctx.state.write(&releasing) {
+        failures.push(err.into());
+    }
+    for process in [record.attach(), record.relay()].into_iter().flatten() {
+        if let Err(err) = relay_server::stop(&process, true) {
+            failures.push(err);
+        }
+    }
+    let previous = record
+        .ipam_result
+        .as_ref()
+        .and_then(|value| hpk_ipam::AddResult::from_slice(&serde_json::to_vec(value).ok()?).ok());
+    let config = ctx.ipam_config();
+    if let Err(err) = ctx.ipam.del(
+        &config,
+        &record.cni_container_id,
+        CNI_IFNAME,
+        previous.as_ref(),
+    ) {
+        failures.push(err.into());
+    }
+    match std::fs::remove_dir_all(&record.socket_dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            failures.push(Error::step(
+                format!("remove {}", record.socket_dir.display()),
+                err,
+            ));
+        }
+        _ => {}
+    }
+    if failures.is_empty()
+        && let Err(err) = ctx.state.remove(&record.id)
+    {
+        failures.push(err.into());
+    }
+    for failure in &failures {
+        warn!(id = %record.id, "release: {failure}");
+    }
+    failures
+}
+
+/// What one reclamation pass did.
+#[derive(Debug, Default)]
+pub struct Reclaimed {
+    pub released: Vec<String>,
+    pub live: usize,
+    pub unreadable: Vec<String>,
+}
+
+/// Releases every record whose container is gone. Call under the lock.
+pub async fn reclaim_dead(ctx: &Context) -> Reclaimed {
+    let mut outcome = Reclaimed::default();
+    let entries = match ctx.state.list() {
+        Ok(entries) => entries,
+        Err(err) => {
+            warn!("cannot list state records: {err}");
+            return outcome;
+        }
+    };
+    for entry in entries {
+        match entry {
+            RecordOrError::Record(record) if record.is_live() => outcome.live += 1,
+            RecordOrError::Record(record) => {
+                info!(id = %record.id, "reclaiming what a dead container left");
+                release(ctx, &record).await;
+                outcome.released.push(record.id.clone());
+            }
+            RecordOrError::Error { id, error } => {
+                warn!(%id, "skipping unreadable state record: {error}");
+                outcome.unreadable.push(id);
+            }
+        }
+    }
+    outcome
+}
+
+/// Refuses a run dir whose socket paths would not fit `sun_path`.
+fn check_socket_path(settings: &Settings) -> Result<()> {
+    let longest = settings
+        .socket_dir("0123456789ab")
+        .join(format!("{SOCKET_NAME}.ctl"));
+    let len = longest.as_os_str().len();
+    let max = hpk_net_daemon::server::SUN_PATH_MAX;
+    if len > max {
+        return Err(Error::PathTooLong {
+            what: "socket path",
+            path: longest,
+            len,
+            max,
+        });
+    }
+    Ok(())
+}
