@@ -7,6 +7,7 @@
 //! side and a failed assertion leaves nothing behind. Traffic only flows
 //! between namespaces made here.
 
+pub mod image;
 pub mod netns;
 pub mod process;
 pub mod transfer;
@@ -19,4 +20,25 @@ pub use process::Proc;
 /// `cargo xtask test` with `--include-ignored` only when this holds.
 pub fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && std::path::Path::new("/dev/net/tun").exists()
+}
+
+/// The workspace binary `name`, built alongside the running test or xtask executable: tests
+/// run from `<target>/<triple>/<profile>/deps/`, binaries sit one level up; xtask runs from
+/// the profile directory itself. Panics if the binary has not been built.
+pub fn bin_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("locate the running executable");
+    let mut dir = exe
+        .parent()
+        .expect("executable has a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first: cargo build --workspace --bins (cargo xtask test does)",
+        path.display()
+    );
+    path
 }

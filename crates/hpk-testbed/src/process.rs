@@ -63,25 +63,36 @@ impl Proc {
 
     /// Spawns `command` with stdout piped and waits for a line equal to
     /// `line`; the rest of stdout is drained in the background.
-    pub fn spawn_until_line(what: &str, mut command: Command, line: &str) -> Self {
+    pub fn spawn_until_line(what: &str, command: Command, line: &str) -> Self {
+        let wanted = line.to_owned();
+        Self::spawn_until(what, command, move |got| got == wanted).0
+    }
+
+    /// Spawns `command` with stdout piped and waits for the first line that
+    /// `wanted` accepts, returning it; the rest of stdout is drained.
+    pub fn spawn_until(
+        what: &str,
+        mut command: Command,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+    ) -> (Self, String) {
         command.stdout(Stdio::piped());
         let mut proc = Self::spawn(what, command);
         let stdout = proc.child.as_mut().unwrap().stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
-        let wanted = line.to_owned();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent && line == wanted {
-                    let _ = tx.send(());
+                if !sent && wanted(&line) {
+                    let _ = tx.send(line);
                     sent = true;
                 }
             }
         });
-        rx.recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("{what} never printed {line:?}"));
-        proc
+        let line = rx
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("{what} never printed the line the test waits for"));
+        (proc, line)
     }
 
     /// The process id.

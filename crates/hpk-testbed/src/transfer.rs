@@ -91,7 +91,7 @@ fn fill(buf: &mut [u8], seed: &mut u64) {
 
 /// A receiver listening inside a namespace, digesting one connection.
 pub struct Receiver {
-    thread: JoinHandle<std::io::Result<Digest>>,
+    thread: JoinHandle<std::io::Result<(Digest, SocketAddr)>>,
 }
 
 impl Receiver {
@@ -100,31 +100,62 @@ impl Receiver {
     pub fn listen(ns: &Netns, addr: SocketAddr) -> Self {
         let listener = ns.run(|| TcpListener::bind(addr)).expect("bind receiver");
         let thread = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept()?;
-            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                match stream.read(&mut buf)? {
-                    0 => break,
-                    n => hasher.update(&buf[..n]),
-                }
-            }
-            Ok(hasher.finish())
+            let (mut stream, peer) = listener.accept()?;
+            Ok((receive_from(&mut stream)?, peer))
         });
         Self { thread }
     }
 
     /// Waits for the sender to finish and returns what arrived.
     pub fn digest(self) -> std::io::Result<Digest> {
+        self.digest_and_peer().map(|(digest, _)| digest)
+    }
+
+    /// What arrived, and the source address the receiver saw (after NAT).
+    pub fn digest_and_peer(self) -> std::io::Result<(Digest, SocketAddr)> {
         self.thread.join().expect("receiver thread")
     }
+}
+
+/// Digests everything `stream` delivers until the peer closes, then closes.
+pub fn receive_from(stream: &mut TcpStream) -> std::io::Result<Digest> {
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(hasher.finish())
 }
 
 /// Sends `len` bytes of the sequence from `seed` to `dest` from inside
 /// `ns`; returns the digest of what was sent.
 pub fn send(ns: &Netns, dest: SocketAddr, len: u64, seed: u64) -> std::io::Result<Digest> {
     let mut stream = ns.run(|| TcpStream::connect_timeout(&dest, Duration::from_secs(10)))?;
+    send_over(&mut stream, len, seed)
+}
+
+/// The digest of `len` bytes of the sequence from `seed`, without sending.
+pub fn expected(len: u64, seed: u64) -> Digest {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut state = seed | 1;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        fill(&mut buf[..n], &mut state);
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    hasher.finish()
+}
+
+/// Sends `len` bytes of the sequence from `seed` over a connected stream,
+/// half-closes, and waits for the receiver to close.
+pub fn send_over(stream: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<Digest> {
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
