@@ -304,3 +304,50 @@ fn read_frames_until(stream: &mut UnixStream, wanted: impl Fn(&[u8]) -> bool) ->
         }
     }
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_second_client_reuses_a_configured_tap_instead_of_fighting() {
+    let mut rig = Rig::with_client();
+    let mut second = rig.container.command(DAEMON);
+    second.arg("client").arg("--socket").arg(&rig.socket);
+    second.args([
+        "--address",
+        "10.99.0.2/24",
+        "--gateway",
+        GATEWAY,
+        "--mtu",
+        "1500",
+    ]);
+    let output = second
+        .args(["--", "sh", "-c", "echo second; exit 4"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(4),
+        "the command ran and its status came back"
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "second\n");
+
+    assert!(
+        rig.client.as_mut().unwrap().is_running(),
+        "the first client is untouched"
+    );
+    assert!(rig.container.ping(GATEWAY, 1));
+    assert_eq!(
+        rig.stats().connections,
+        1,
+        "no second connection displaced the first"
+    );
+
+    let mut clash = rig.container.command(DAEMON);
+    clash.arg("client").arg("--socket").arg(&rig.socket);
+    clash.args(["--address", "10.99.0.9/24", "--gateway", GATEWAY]);
+    let output = clash.args(["--", "true"]).output().unwrap();
+    assert!(
+        !output.status.success(),
+        "a differently configured tap0 is not taken over"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to take it over"));
+}
