@@ -1,5 +1,203 @@
-//! `cargo xtask bench`: benchmarks (being written).
+//! `cargo xtask bench relay`: the relay against a veth pair on the same
+//! bridge, in one run.
+//!
+//! Each [`Setup`] (veth or relay, MTU, extra flags) gets fresh namespaces —
+//! a bubble with a bridge and a container — and is measured on its own into
+//! a [`Row`]: TCP throughput both ways with iperf3 (median of the repeats),
+//! ping round trip, and for the relay its daemons' CPU seconds across the
+//! load and their peak RSS (VmHWM) after it. The report sets each relay row
+//! against the veth row of the same MTU and checks the targets. Results go
+//! to stdout, progress to stderr.
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("no benchmark yet")
+mod interrupt;
+mod measure;
+mod report;
+mod rig;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::prereq::{self, Tool};
+use rig::{DataPath, Row, Setup};
+
+const USAGE: &str = "\
+usage: cargo xtask bench relay [--duration SECONDS] [--repeats N] [--markdown] [--no-install]
+
+  --duration SECONDS  length of each iperf3 run (default 5)
+  --repeats N         iperf3 runs per setup and direction; the median is reported (default 3)
+  --markdown          also print the tables as markdown, for the README
+  --no-install        fail instead of installing missing tools with apt-get
+
+Needs root and /dev/net/tun. All traffic stays between namespaces the bench creates.";
+
+/// What the bench needs on the machine besides the daemon it builds.
+const BENCH_TOOLS: &[Tool] = &[
+    Tool {
+        path: "/usr/sbin/ip",
+        package: "iproute2",
+    },
+    Tool {
+        path: "/usr/bin/ss",
+        package: "iproute2",
+    },
+    Tool {
+        path: "/usr/bin/ping",
+        package: "iputils-ping",
+    },
+    Tool {
+        path: "/usr/bin/iperf3",
+        package: "iperf3",
+    },
+];
+
+/// The build profile the daemons are measured in.
+const PROFILE: &str = "release";
+
+/// Settings shared by every setup of one run.
+pub struct Bench {
+    /// Seconds per iperf3 run.
+    pub duration: u32,
+    /// iperf3 runs per setup and direction.
+    pub repeats: usize,
+    /// Build profile of the daemon, printed with every line.
+    pub profile: &'static str,
+    /// The relay binary under test.
+    pub daemon: PathBuf,
+}
+
+/// Command-line options of `bench relay`.
+struct Options {
+    duration: u32,
+    repeats: usize,
+    markdown: bool,
+    install: bool,
+}
+
+/// Runs the task.
+pub fn run(args: &[String]) -> Result<()> {
+    let Some((which, rest)) = args.split_first() else {
+        bail!("which benchmark?\n\n{USAGE}");
+    };
+    if which != "relay" {
+        bail!("unknown benchmark {which:?}\n\n{USAGE}");
+    }
+    let options = parse_options(rest)?;
+    preflight(options.install)?;
+    interrupt::install();
+
+    let bench = Bench {
+        duration: options.duration,
+        repeats: options.repeats,
+        profile: PROFILE,
+        daemon: build_daemon()?,
+    };
+    let rows = measure_all(&bench, &setups())?;
+    report::print(&bench, &rows, options.markdown);
+    Ok(())
+}
+
+/// The setups of one run. Later figures (MTU 1450 and 65470, offloads on
+/// and off) are more entries here; each relay row is compared with the
+/// veth row of the same MTU.
+fn setups() -> Vec<Setup> {
+    vec![
+        Setup::new("veth", DataPath::Veth, 1500),
+        Setup::new("relay", DataPath::relay(), 1500),
+    ]
+}
+
+fn measure_all(bench: &Bench, setups: &[Setup]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for setup in setups {
+        eprintln!("bench: measuring {} at mtu {}", setup.name, setup.mtu);
+        let row = rig::measure(setup, bench)
+            .with_context(|| format!("measure {} at mtu {}", setup.name, setup.mtu))?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        duration: 5,
+        repeats: 3,
+        markdown: false,
+        install: true,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--duration" => options.duration = parse_value(arg, args.next())?,
+            "--repeats" => options.repeats = parse_value(arg, args.next())?,
+            "--markdown" => options.markdown = true,
+            "--no-install" => options.install = false,
+            "--help" | "-h" => bail!("{USAGE}"),
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    if options.duration == 0 || options.repeats == 0 {
+        bail!("--duration and --repeats must be at least 1");
+    }
+    Ok(options)
+}
+
+fn parse_value<T: std::str::FromStr>(flag: &str, value: Option<&String>) -> Result<T> {
+    let value = value.with_context(|| format!("{flag} needs a value"))?;
+    value
+        .parse()
+        .ok()
+        .with_context(|| format!("{flag}: {value:?} is not a positive whole number"))
+}
+
+/// Fails early, with what to do, where the bench could not run at all.
+fn preflight(install: bool) -> Result<()> {
+    if !prereq::privileged() {
+        bail!("the bench creates namespaces, bridges and taps: run it as root with /dev/net/tun");
+    }
+    prereq::ensure(BENCH_TOOLS, install)
+}
+
+/// Builds the daemon in release mode and returns its path. The target
+/// directory comes from cargo itself, so CARGO_TARGET_DIR and
+/// configuration files are honoured.
+fn build_daemon() -> Result<PathBuf> {
+    let root = crate::workspace_root();
+    eprintln!("bench: building hpk-net-daemon ({PROFILE})");
+    prereq::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--bins",
+        "-p",
+        "hpk-net-daemon",
+    ]))?;
+    let daemon = target_dir(&root)?
+        .join(crate::TARGET)
+        .join(PROFILE)
+        .join("hpk-net-daemon");
+    if !daemon.is_file() {
+        bail!("the build succeeded but {} is not there", daemon.display());
+    }
+    Ok(daemon)
+}
+
+fn target_dir(root: &std::path::Path) -> Result<PathBuf> {
+    let output = Command::new("cargo")
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("parse cargo metadata")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
 }

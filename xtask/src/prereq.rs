@@ -13,18 +13,54 @@ pub struct Tool {
 
 /// What `cargo xtask test` needs.
 pub const TEST_TOOLS: &[Tool] = &[
-    Tool { path: "/usr/sbin/ip", package: "iproute2" },
-    Tool { path: "/usr/bin/ping", package: "iputils-ping" },
-    Tool { path: "/usr/bin/iperf3", package: "iperf3" },
-    Tool { path: "/usr/lib/cni/host-local", package: "containernetworking-plugins" },
-    Tool { path: "/usr/bin/slirp4netns", package: "slirp4netns" },
-    Tool { path: "/usr/bin/unshare", package: "util-linux" },
-    Tool { path: "/usr/sbin/iptables", package: "iptables" },
-    Tool { path: "/usr/sbin/nft", package: "nftables" },
-    Tool { path: "/usr/sbin/ethtool", package: "ethtool" },
-    Tool { path: "/usr/bin/nstat", package: "iproute2" },
-    Tool { path: "/usr/bin/busybox", package: "busybox-static" },
-    Tool { path: "/usr/bin/shellcheck", package: "shellcheck" },
+    Tool {
+        path: "/usr/sbin/ip",
+        package: "iproute2",
+    },
+    Tool {
+        path: "/usr/bin/ping",
+        package: "iputils-ping",
+    },
+    Tool {
+        path: "/usr/bin/iperf3",
+        package: "iperf3",
+    },
+    Tool {
+        path: "/usr/lib/cni/host-local",
+        package: "containernetworking-plugins",
+    },
+    Tool {
+        path: "/usr/bin/slirp4netns",
+        package: "slirp4netns",
+    },
+    Tool {
+        path: "/usr/bin/unshare",
+        package: "util-linux",
+    },
+    Tool {
+        path: "/usr/sbin/iptables",
+        package: "iptables",
+    },
+    Tool {
+        path: "/usr/sbin/nft",
+        package: "nftables",
+    },
+    Tool {
+        path: "/usr/sbin/ethtool",
+        package: "ethtool",
+    },
+    Tool {
+        path: "/usr/bin/nstat",
+        package: "iproute2",
+    },
+    Tool {
+        path: "/usr/bin/busybox",
+        package: "busybox-static",
+    },
+    Tool {
+        path: "/usr/bin/shellcheck",
+        package: "shellcheck",
+    },
 ];
 
 /// Installs the packages of missing `tools` (root on Debian/Ubuntu), or

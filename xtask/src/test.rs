@@ -27,10 +27,15 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     let root = crate::workspace_root();
-    prereq::run(Command::new("cargo").current_dir(&root).args(["build", "--workspace", "--bins"]))?;
+    prereq::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--workspace", "--bins"]),
+    )?;
 
     let mut test = Command::new("cargo");
-    test.current_dir(&root).args(["test", "--workspace", "--no-fail-fast", "--"]);
+    test.current_dir(&root)
+        .args(["test", "--workspace", "--no-fail-fast", "--"]);
     if privileged {
         test.arg("--include-ignored");
     }
