@@ -9,6 +9,7 @@
 
 pub mod image;
 pub mod netns;
+pub mod overlay;
 pub mod process;
 pub mod transfer;
 
