@@ -9,7 +9,6 @@
 //! against the veth row of the same MTU and checks the targets. Results go
 //! to stdout, progress to stderr.
 
-mod interrupt;
 mod measure;
 mod report;
 mod rig;
@@ -18,6 +17,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use crate::interrupt;
 
 use crate::prereq::{self, Tool};
 use rig::{DataPath, Row, Setup};

@@ -2,6 +2,8 @@
 //! so a fresh machine needs nothing but cargo to run them.
 
 mod bench;
+mod demo;
+mod interrupt;
 mod prereq;
 mod test;
 
@@ -14,6 +16,9 @@ tasks:
   test [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
                     too when this is root with /dev/net/tun (else reported ignored)
+  demo [--mtu-1500] [--no-install]
+                    two bubbles on the embedded overlay testbed, a container in
+                    each (hpktainer run), talking across VXLAN and to the outside
   bench relay       relay vs veth: throughput both ways, round trip, CPU, peak RSS
   help              this text
 ";
@@ -23,6 +28,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("demo") => demo::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hpk_testbed::Netns;
 
-use super::interrupt;
+use crate::interrupt;
 
 /// Port of the iperf3 server inside the bubble.
 pub const IPERF_PORT: u16 = 5201;

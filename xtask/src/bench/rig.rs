@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hpk_testbed::{Netns, Proc};
 
+use super::Bench;
 use super::measure::{self, Memory, Rtt, Sample};
-use super::{Bench, interrupt};
+use crate::interrupt;
 
 const GATEWAY: &str = "10.99.9.1";
 const CONTAINER_CIDR: &str = "10.99.9.2/24";
