@@ -17,15 +17,26 @@ pub mod stats;
 pub mod tap;
 
 /// Installs the stderr logger: `filter` if given, else `RUST_LOG`, else info.
+///
+/// Filters use `RUST_LOG`'s `target=level` syntax without span or regex
+/// directives: tracing-subscriber's `Targets` rather than `EnvFilter`, which
+/// would link a regex engine into a daemon that runs once per container.
 pub fn init_logging(filter: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match filter {
-        Some(directives) => EnvFilter::new(directives),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let directives = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let targets = directives.parse::<Targets>().unwrap_or_else(|err| {
+        eprintln!("ignoring log filter {directives:?} ({err}); logging at info");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry()
+        .with(targets)
+        .with(fmt)
         .init();
 }
