@@ -205,7 +205,8 @@ async fn start_instance(ctx: &Context, invocation: &Invocation, apptainer: &Path
         let attach = invocation
             .instance_attach_argv(&[], &client_words(&record, ctx, false))
             .ok_or_else(|| Error::step("attach the network client", "not an instance action"))?;
-        let process = spawn_detached(apptainer, &attach)?;
+        let log = crate::relay_server::detached_log(&record.socket_dir.join("client"))?;
+        let process = spawn_detached(apptainer, &attach, log)?;
         record.attach_pid = Some(process.pid);
         record.attach_start_time = Some(process.start_time);
         ctx.state.write(&record)?;
@@ -219,12 +220,13 @@ async fn start_instance(ctx: &Context, invocation: &Invocation, apptainer: &Path
     outcome
 }
 
-fn spawn_detached(apptainer: &Path, argv: &[OsString]) -> Result<ProcessRef> {
+fn spawn_detached(apptainer: &Path, argv: &[OsString], log: std::fs::File) -> Result<ProcessRef> {
     let mut command = Command::new(apptainer);
     command
         .args(argv)
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(log);
     // SAFETY: setsid is async-signal-safe.
     unsafe {
         command.pre_exec(|| {

@@ -56,6 +56,12 @@ pub fn start(spec: &RelaySpec<'_>) -> Result<ProcessRef> {
         ])
         .args(["--ready-fd", "3", "--log-level", spec.log_level])
         .stdin(Stdio::null());
+    if spec.detached {
+        // A detached relay must not hold hpktainer's output open: whoever
+        // reads it would wait for the instance to end.
+        let log = detached_log(spec.socket)?;
+        command.stdout(Stdio::null()).stderr(log);
+    }
     prepare_child(&mut command, ready_write.as_raw_fd(), spec.detached);
     let child = command
         .spawn()
@@ -70,6 +76,16 @@ pub fn start(spec: &RelaySpec<'_>) -> Result<ProcessRef> {
     }
     debug!(pid, tap = spec.tap, "relay server ready");
     Ok(process)
+}
+
+/// The log file of a detached process, beside its socket.
+pub fn detached_log(socket: &Path) -> Result<std::fs::File> {
+    let path = socket.with_extension("log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|err| Error::step(format!("open {}", path.display()), err))
 }
 
 /// Gives the child the ready descriptor as fd 3 and ties its life to ours
