@@ -30,17 +30,37 @@ const BACKOFF_START: Duration = Duration::from_millis(5);
 /// Longest wait between reconnection attempts.
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
 
-/// Everything the client needs to know.
-#[derive(Debug, Clone)]
+/// Everything the client needs to know (also its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ClientConfig {
+    /// Path of the server's relay socket.
+    #[arg(long, env = "HPK_SOCKET_PATH")]
     pub socket: PathBuf,
+    /// Name of the tap to create in this network namespace.
+    #[arg(long, default_value = "tap0")]
     pub tap: String,
+    /// The container's address with its prefix, e.g. 10.244.3.2/24.
+    #[arg(long, env = "HPK_IP")]
     pub address: Ipv4Net,
+    /// The default gateway, e.g. 10.244.3.1.
+    #[arg(long, env = "HPK_GATEWAY_IP")]
     pub gateway: Ipv4Addr,
+    /// MTU of the tap.
+    #[arg(long, env = "HPK_MTU")]
     pub mtu: Option<u32>,
+    /// MAC address (default: 0a:58 followed by the IPv4 address).
+    #[arg(long)]
     pub mac: Option<MacAddr>,
+    /// How long to wait for the server at start, in milliseconds.
+    #[arg(long = "connect-timeout-ms", value_name = "MS", default_value = "5000", value_parser = parse_millis)]
     pub connect_timeout: Duration,
+    /// Command to run once the network is up; the client exits with its status.
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+fn parse_millis(text: &str) -> Result<Duration> {
+    Ok(Duration::from_millis(text.parse()?))
 }
 
 impl ClientConfig {

@@ -27,16 +27,46 @@ use crate::tap::Tap;
 /// Longest path a UNIX socket address holds (`sun_path` less its NUL).
 pub const SUN_PATH_MAX: usize = 107;
 
-/// Everything the server needs to know.
-#[derive(Debug, Clone)]
+/// Everything the server needs to know (also its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServerConfig {
+    /// Path of the relay socket (a `.ctl` twin beside it reports counters).
+    #[arg(long)]
     pub socket: PathBuf,
+    /// Name of the tap to create.
+    #[arg(long)]
     pub tap: String,
+    /// Bridge to attach the tap to.
+    #[arg(long)]
     pub bridge: Option<String>,
+    /// MTU of the tap (use the bridge's, i.e. FLANNEL_MTU).
+    #[arg(long)]
     pub mtu: Option<u32>,
+    /// Transmit queue length of the tap, in frames.
+    #[arg(long, default_value_t = 1000)]
     pub txqueuelen: u32,
+    /// Hand the sockets to this user (and group), e.g. `1000:1000`.
+    #[arg(long, value_name = "UID[:GID]", value_parser = parse_owner)]
     pub socket_owner: Option<(u32, Option<u32>)>,
+    /// Write one byte to this descriptor, and close it, once the socket accepts.
+    #[arg(long, value_name = "FD")]
     pub ready_fd: Option<i32>,
+}
+
+/// Parses `UID[:GID]`, numeric only (a static binary has no user database).
+fn parse_owner(text: &str) -> Result<(u32, Option<u32>)> {
+    let (uid, gid) = match text.split_once(':') {
+        Some((uid, gid)) => (uid, Some(gid)),
+        None => (text, None),
+    };
+    let Ok(uid) = uid.parse() else {
+        bail!("{uid:?} is not a numeric uid");
+    };
+    let gid = match gid.map(str::parse).transpose() {
+        Ok(gid) => gid,
+        Err(_) => bail!("{text:?}: the gid is not numeric"),
+    };
+    Ok((uid, gid))
 }
 
 /// Runs the server until SIGTERM or SIGINT.

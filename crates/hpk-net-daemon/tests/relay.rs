@@ -78,17 +78,16 @@ impl Rig {
         self.server = Some(Proc::spawn_ready("relay server", command));
     }
 
-    fn start_client(&mut self) {
+    /// `hpk-net-daemon client` in the container namespace with `address`.
+    fn client_command(&self, address: &str) -> Command {
         let mut command = self.container.command(DAEMON);
         command.arg("client").arg("--socket").arg(&self.socket);
-        command.args([
-            "--address",
-            "10.99.0.2/24",
-            "--gateway",
-            GATEWAY,
-            "--mtu",
-            "1500",
-        ]);
+        command.args(["--address", address, "--gateway", GATEWAY, "--mtu", "1500"]);
+        command
+    }
+
+    fn start_client(&mut self) {
+        let mut command = self.client_command("10.99.0.2/24");
         command.args(["--", "sh", "-c", "echo up; exec sleep 600"]);
         self.client = Some(Proc::spawn_until_line("relay client", command, "up"));
     }
@@ -341,9 +340,7 @@ fn a_second_client_reuses_a_configured_tap_instead_of_fighting() {
         "no second connection displaced the first"
     );
 
-    let mut clash = rig.container.command(DAEMON);
-    clash.arg("client").arg("--socket").arg(&rig.socket);
-    clash.args(["--address", "10.99.0.9/24", "--gateway", GATEWAY]);
+    let mut clash = rig.client_command("10.99.0.9/24");
     let output = clash.args(["--", "true"]).output().unwrap();
     assert!(
         !output.status.success(),
