@@ -183,7 +183,7 @@ fn build_daemon() -> Result<PathBuf> {
     Ok(daemon)
 }
 
-fn target_dir(root: &std::path::Path) -> Result<PathBuf> {
+pub(crate) fn target_dir(root: &std::path::Path) -> Result<PathBuf> {
     let output = Command::new("cargo")
         .current_dir(root)
         .args(["metadata", "--format-version", "1", "--no-deps"])

@@ -1,8 +1,9 @@
-//! `cargo xtask`: the project's tasks — test, demo, bench — as one program,
+//! `cargo xtask`: the project's tasks — test, demo, bench, dist — as one program,
 //! so a fresh machine needs nothing but cargo to run them.
 
 mod bench;
 mod demo;
+mod dist;
 mod interrupt;
 mod prereq;
 mod test;
@@ -20,6 +21,10 @@ tasks:
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
   bench relay       relay vs veth: throughput both ways, round trip, CPU, peak RSS
+  dist [--check] [--no-install]
+                    static release executables (dist/x86_64, dist/aarch64 when
+                    that target is installed) with SHA256SUMS, man pages and
+                    shell completions; --check verifies them (not part of test)
   help              this text
 ";
 
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("dist") => dist::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

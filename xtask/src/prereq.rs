@@ -61,6 +61,10 @@ pub const TEST_TOOLS: &[Tool] = &[
         path: "/usr/bin/shellcheck",
         package: "shellcheck",
     },
+    Tool {
+        path: "/usr/bin/man",
+        package: "man-db",
+    },
 ];
 
 /// Installs the packages of missing `tools` (root on Debian/Ubuntu), or

@@ -14,6 +14,7 @@
 
 pub mod apptainer;
 pub mod bubble;
+pub mod cli;
 pub mod error;
 pub mod hostip;
 pub mod plan;

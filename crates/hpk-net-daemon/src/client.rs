@@ -73,6 +73,12 @@ impl ClientConfig {
 
 /// Runs the client; returns the exit status the process should end with.
 pub async fn run(config: ClientConfig) -> Result<i32> {
+    // Caught from the start, so a stop request during set-up is not lost.
+    let stop = if config.command.is_empty() {
+        Some(StopSignals::install()?)
+    } else {
+        None
+    };
     let netlink = Netlink::open().context("open netlink socket")?;
     if let Some(existing) = netlink.link(&config.tap).await? {
         ensure_same_configuration(&netlink, &existing, &config).await?;
@@ -89,8 +95,8 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
     let stats = Stats::new();
     stats.connected();
     let relay = relay_forever(&tap, stream, &config.socket, &stats);
-    if config.command.is_empty() {
-        return run_until_stopped(relay).await;
+    if let Some(stop) = stop {
+        return run_until_stopped(relay, stop).await;
     }
     let supervisor = Supervisor::install()?;
     tokio::select! {
@@ -99,10 +105,27 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
     }
 }
 
+/// SIGTERM and SIGINT for a client without a command.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
+    }
+}
+
 /// Without a command, the client relays until SIGTERM or SIGINT.
-async fn run_until_stopped(relay: impl Future<Output = ()>) -> Result<i32> {
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+async fn run_until_stopped(relay: impl Future<Output = ()>, stop: StopSignals) -> Result<i32> {
+    let StopSignals {
+        mut terminate,
+        mut interrupt,
+    } = stop;
     tokio::select! {
         _ = relay => unreachable!("the relay loop never returns"),
         _ = terminate.recv() => info!("SIGTERM: shutting down"),
@@ -200,7 +223,7 @@ async fn connect_bounded(socket: &Path, timeout: Duration) -> Result<UnixStream>
 async fn relay_forever(tap: &Tap, first: UnixStream, socket: &Path, stats: &Arc<Stats>) {
     let mut stream = first;
     loop {
-        match relay::run(tap, &stream, stats).await {
+        match relay::run(tap, &stream, stats, None).await {
             ConnectionEnd::Protocol(err) => {
                 stats.protocol_error();
                 warn!(%err, "server broke the framing; reconnecting");

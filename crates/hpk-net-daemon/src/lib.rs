@@ -9,8 +9,10 @@
 //! ([`client`]).
 
 pub mod child;
+pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod filter;
 pub mod relay;
 pub mod server;
 pub mod stats;

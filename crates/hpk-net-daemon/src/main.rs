@@ -1,39 +1,11 @@
 //! The `hpk-net-daemon` command: argument parsing and dispatch only.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use hpk_net_daemon::client::{self, ClientConfig};
-use hpk_net_daemon::server::{self, ServerConfig};
-use hpk_net_daemon::stats;
-
-/// Relays Ethernet frames between a tap device and a UNIX socket.
-#[derive(Parser)]
-#[command(version, about, propagate_version = true)]
-struct Cli {
-    /// Log filter, e.g. `debug` or `hpk_net_daemon=trace` (default: RUST_LOG, else info).
-    #[arg(long, global = true, value_name = "FILTER")]
-    log_level: Option<String>,
-
-    #[command(subcommand)]
-    mode: Mode,
-}
-
-#[derive(Subcommand)]
-enum Mode {
-    /// Own the host-side tap and serve one container at a time (newest wins).
-    Server(ServerConfig),
-    /// Configure the container's tap and relay it to the server.
-    Client(ClientConfig),
-    /// Print a running server's counters as JSON.
-    Stats {
-        /// Path of the server's relay socket.
-        #[arg(long)]
-        socket: PathBuf,
-    },
-}
+use clap::Parser;
+use hpk_net_daemon::cli::{Cli, Mode};
+use hpk_net_daemon::{client, server, stats};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

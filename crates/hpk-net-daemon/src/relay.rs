@@ -11,7 +11,10 @@
 //! - socket → tap reads as much as the socket holds into a [`FrameReader`]
 //!   and writes every whole frame to the tap, one `write` per frame (a tap
 //!   takes one frame per call). A frame the kernel refuses is counted as
-//!   dropped; the relay never stops over one frame.
+//!   dropped; the relay never stops over one frame. With a
+//!   [`SourceFilter`] (the server's, for a container's frames) a frame
+//!   from a foreign source is dropped before it reaches the tap and counted
+//!   as spoofed.
 //!
 //! A connection ends when the peer closes, the socket fails, or the peer
 //! breaks the framing; the tap outlives it and the next connection resumes.
@@ -21,9 +24,10 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::net::UnixStream;
-use tracing::trace;
+use tracing::{debug, trace};
 
 use crate::codec::{DEFAULT_BUFFER, DecodeError, FrameReader, FrameWriter, MAX_FRAME};
+use crate::filter::SourceFilter;
 use crate::stats::Stats;
 use crate::tap::{Tap, WriteOutcome, read_frame};
 
@@ -41,14 +45,28 @@ pub enum ConnectionEnd {
     Io(#[from] io::Error),
 }
 
-/// Relays frames between `tap` and `stream` until the connection ends.
-pub async fn run(tap: &Tap, stream: &UnixStream, stats: &Arc<Stats>) -> ConnectionEnd {
+/// Relays frames between `tap` and `stream` until the connection ends;
+/// frames from the stream pass `filter` first, when there is one.
+pub async fn run(
+    tap: &Tap,
+    stream: &UnixStream,
+    stats: &Arc<Stats>,
+    filter: Option<&SourceFilter>,
+) -> ConnectionEnd {
     let mut writer = FrameWriter::new(DEFAULT_BUFFER, MAX_FRAME);
     let mut reader = FrameReader::new(DEFAULT_BUFFER, MAX_FRAME);
+    let inbound = Inbound { tap, stats, filter };
     tokio::select! {
         end = tap_to_socket(tap, stream, &mut writer, stats) => end,
-        end = socket_to_tap(stream, tap, &mut reader, stats) => end,
+        end = socket_to_tap(stream, &inbound, &mut reader) => end,
     }
+}
+
+/// Where frames from the socket go, and what they must pass on the way.
+struct Inbound<'a> {
+    tap: &'a Tap,
+    stats: &'a Stats,
+    filter: Option<&'a SourceFilter>,
 }
 
 async fn tap_to_socket(
@@ -107,9 +125,8 @@ async fn flush(stream: &UnixStream, writer: &mut FrameWriter) -> io::Result<()> 
 
 async fn socket_to_tap(
     stream: &UnixStream,
-    tap: &Tap,
+    inbound: &Inbound<'_>,
     reader: &mut FrameReader,
-    stats: &Stats,
 ) -> ConnectionEnd {
     loop {
         match stream.try_read(reader.read_space()) {
@@ -124,16 +141,27 @@ async fn socket_to_tap(
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return err.into(),
         }
-        if let Err(end) = deliver_to_tap(reader, tap, stats) {
+        if let Err(end) = deliver_to_tap(reader, inbound) {
             return end;
         }
     }
 }
 
-/// Writes every whole frame the reader holds to the tap.
-fn deliver_to_tap(reader: &mut FrameReader, tap: &Tap, stats: &Stats) -> Result<(), ConnectionEnd> {
+/// Writes every whole frame the reader holds to the tap, less those the
+/// filter refuses.
+fn deliver_to_tap(reader: &mut FrameReader, inbound: &Inbound<'_>) -> Result<(), ConnectionEnd> {
+    let Inbound { tap, stats, filter } = inbound;
     let (mut frames, mut bytes) = (0u64, 0u64);
     while let Some(frame) = reader.next_frame()? {
+        if let Some(Err(spoof)) = filter.map(|filter| filter.check(frame)) {
+            let total = stats.spoofed();
+            trace!(%spoof, len = frame.len(), "dropped spoofed frame");
+            // Logarithmic rate limit: 1st, 2nd, 4th, 8th… without a clock.
+            if total.is_power_of_two() {
+                debug!(%spoof, total, "dropping frames from a foreign source");
+            }
+            continue;
+        }
         match tap.write_frame(frame)? {
             WriteOutcome::Sent => {
                 frames += 1;

@@ -8,18 +8,20 @@
 
 use std::fs;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use hpk_netconf::Netlink;
+use hpk_netconf::{MacAddr, Netlink};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::filter::SourceFilter;
 use crate::relay::{self, ConnectionEnd};
 use crate::stats::{self, Stats};
 use crate::tap::Tap;
@@ -51,6 +53,21 @@ pub struct ServerConfig {
     /// Write one byte to this descriptor, and close it, once the socket accepts.
     #[arg(long, value_name = "FD")]
     pub ready_fd: Option<i32>,
+    /// Forward to the tap only frames from this MAC (with `--allow-ip`).
+    #[arg(long, value_name = "MAC", requires = "allow_ip")]
+    pub allow_mac: Option<MacAddr>,
+    /// Forward to the tap only IPv4 and ARP from this address, and IPv6 only
+    /// from the MAC's link-local address (with `--allow-mac`).
+    #[arg(long, value_name = "IPV4", requires = "allow_mac")]
+    pub allow_ip: Option<Ipv4Addr>,
+}
+
+impl ServerConfig {
+    /// The source filter `--allow-mac` and `--allow-ip` ask for, if any.
+    pub fn source_filter(&self) -> Option<SourceFilter> {
+        let (mac, ip) = self.allow_mac.zip(self.allow_ip)?;
+        Some(SourceFilter::new(mac.octets(), ip))
+    }
 }
 
 /// Parses `UID[:GID]`, numeric only (a static binary has no user database).
@@ -93,18 +110,47 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     if let Some(control) = listeners.control.take() {
         tokio::spawn(stats::serve_control(control, stats.clone()));
     }
+    // Handlers first: whoever waits for ready may send SIGTERM right away.
+    let stop = StopSignals::install()?;
     signal_ready(ready)?;
     info!(socket = %config.socket.display(), tap = %config.tap, "relay server ready");
+    let filter = config.source_filter().map(Arc::new);
+    if let (Some(mac), Some(ip)) = (config.allow_mac, config.allow_ip) {
+        info!(%mac, %ip, "forwarding only frames from the container's own addresses");
+    }
 
-    let result = serve(&listeners.relay, Arc::new(tap), stats).await;
+    let result = serve(&listeners.relay, Arc::new(tap), stats, filter, stop).await;
     listeners.remove_files();
     result
 }
 
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
+        })
+    }
+}
+
 /// Accepts connections until asked to stop; the newest peer always wins.
-async fn serve(listener: &UnixListener, tap: Arc<Tap>, stats: Arc<Stats>) -> Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+async fn serve(
+    listener: &UnixListener,
+    tap: Arc<Tap>,
+    stats: Arc<Stats>,
+    filter: Option<Arc<SourceFilter>>,
+    stop: StopSignals,
+) -> Result<()> {
+    let StopSignals {
+        mut terminate,
+        mut interrupt,
+    } = stop;
     let mut current: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -119,7 +165,8 @@ async fn serve(listener: &UnixListener, tap: Arc<Tap>, stats: Arc<Stats>) -> Res
                     info!("new peer replaces the current one");
                 }
                 stats.connected();
-                current = Some(tokio::spawn(serve_peer(stream, tap.clone(), stats.clone())));
+                let peer = serve_peer(stream, tap.clone(), stats.clone(), filter.clone());
+                current = Some(tokio::spawn(peer));
             }
             _ = terminate.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = interrupt.recv() => { info!("SIGINT: shutting down"); break; }
@@ -132,9 +179,14 @@ async fn serve(listener: &UnixListener, tap: Arc<Tap>, stats: Arc<Stats>) -> Res
     Ok(())
 }
 
-async fn serve_peer(stream: UnixStream, tap: Arc<Tap>, stats: Arc<Stats>) {
+async fn serve_peer(
+    stream: UnixStream,
+    tap: Arc<Tap>,
+    stats: Arc<Stats>,
+    filter: Option<Arc<SourceFilter>>,
+) {
     debug!("peer connected");
-    match relay::run(&tap, &stream, &stats).await {
+    match relay::run(&tap, &stream, &stats, filter.as_deref()).await {
         ConnectionEnd::PeerClosed => info!("peer disconnected"),
         ConnectionEnd::Protocol(err) => {
             stats.protocol_error();

@@ -53,6 +53,7 @@ pub struct Stats {
     pub socket_to_tap: DirectionCounters,
     connections: AtomicU64,
     protocol_errors: AtomicU64,
+    spoofed: AtomicU64,
 }
 
 impl Stats {
@@ -71,6 +72,12 @@ impl Stats {
         self.protocol_errors.fetch_add(1, Relaxed);
     }
 
+    /// Counts a frame from the peer dropped by the source filter; returns
+    /// the new total, so the caller can rate-limit what it logs.
+    pub fn spoofed(&self) -> u64 {
+        self.spoofed.fetch_add(1, Relaxed) + 1
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -78,6 +85,7 @@ impl Stats {
             socket_to_tap: self.socket_to_tap.snapshot(),
             connections: self.connections.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            spoofed: self.spoofed.load(Relaxed),
         }
     }
 }
@@ -97,6 +105,10 @@ pub struct StatsSnapshot {
     pub socket_to_tap: DirectionSnapshot,
     pub connections: u64,
     pub protocol_errors: u64,
+    /// Frames from the peer dropped by the source filter (counted apart
+    /// from `socket_to_tap.dropped`, which the kernel refused).
+    #[serde(default)]
+    pub spoofed: u64,
 }
 
 /// The control socket's path for a relay socket path.

@@ -39,6 +39,10 @@ impl Tap {
             .name(name)
             .layer(Layer::L2)
             .packet_information(false)
+            // Down until configured: a link that comes up with its random
+            // MAC derives its IPv6 link-local from it and keeps that after
+            // the MAC changes, which the source filter then rightly drops.
+            .enable(false)
             .build_sync()?;
         // SAFETY: into_raw_fd hands over sole ownership of a valid descriptor.
         let owned = unsafe { OwnedFd::from_raw_fd(device.into_raw_fd()) };

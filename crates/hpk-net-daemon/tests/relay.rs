@@ -56,6 +56,14 @@ impl Rig {
         rig
     }
 
+    /// A rig whose server forwards only frames from `mac` and `ip`.
+    fn filtering(mac: &str, ip: &str) -> Self {
+        let mut rig = Self::new();
+        rig.server.take().unwrap().stop(Signal::SIGTERM);
+        rig.start_server_with(&["--allow-mac", mac, "--allow-ip", ip]);
+        rig
+    }
+
     fn with_client() -> Self {
         let mut rig = Self::new();
         rig.start_client();
@@ -63,6 +71,10 @@ impl Rig {
     }
 
     fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    fn start_server_with(&mut self, extra: &[&str]) {
         let mut command = self.bubble.command(DAEMON);
         command.arg("server").arg("--socket").arg(&self.socket);
         command.args([
@@ -75,6 +87,7 @@ impl Rig {
             "--ready-fd",
             "3",
         ]);
+        command.args(extra);
         self.server = Some(Proc::spawn_ready("relay server", command));
     }
 
@@ -245,6 +258,58 @@ fn a_frame_dribbled_one_byte_at_a_time_is_answered() {
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
+fn spoofed_frames_never_reach_the_bridge() {
+    let mac = [0x0a, 0x58, 10, 99, 0, 2];
+    let rig = Rig::filtering("0a:58:0a:63:00:02", CONTAINER);
+    let mut peer = UnixStream::connect(&rig.socket).unwrap();
+
+    // (a) Poisoning: from the container's own MAC, a reply claiming the
+    // gateway's address for a forged sender MAC, (b) IPv4 from a
+    // neighbour's address, (c) an honest who-has.
+    let forged = [0x0a, 0x58, 0xde, 0xad, 0xbe, 0xef];
+    let mut poison = arp_request(forged, [10, 99, 0, 1], [10, 99, 0, 1]);
+    poison[6..12].copy_from_slice(&mac);
+    poison[21] = 2;
+    let spoofed_ip = udp_from(mac, [10, 99, 0, 3], [10, 99, 0, 1]);
+    let honest = arp_request(mac, [10, 99, 0, 2], [10, 99, 0, 1]);
+    for frame in [&poison, &spoofed_ip, &honest] {
+        peer.write_all(&(frame.len() as u32).to_be_bytes()).unwrap();
+        peer.write_all(frame).unwrap();
+    }
+
+    let reply = read_frames_until(&mut peer, |frame| is_arp_reply_from(frame, [10, 99, 0, 1]));
+    assert!(reply, "the honest ARP request was answered");
+    let stats = rig.stats();
+    assert_eq!(stats.spoofed, 2, "{stats:?}");
+    assert_eq!(stats.socket_to_tap.frames, 1, "{stats:?}");
+    let neighbours = rig.bubble.sh("ip neigh show dev br0");
+    assert!(
+        !neighbours.contains("de:ad:be:ef"),
+        "poisoned: {neighbours}"
+    );
+    assert!(
+        !neighbours.contains("10.99.0.3 "),
+        "learnt a spoofed source: {neighbours}"
+    );
+    assert!(
+        neighbours.contains("10.99.0.2 "),
+        "learnt the honest one: {neighbours}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_filtering_server_still_carries_the_containers_own_traffic() {
+    let mut rig = Rig::filtering("0a:58:0a:63:00:02", CONTAINER);
+    rig.start_client();
+    assert!(rig.container.ping(GATEWAY, 3), "container -> bubble");
+    assert!(rig.bubble.ping(CONTAINER, 3), "bubble -> container");
+    // The container's own IPv6 (link-local, DAD from ::) passes too.
+    assert_eq!(rig.stats().spoofed, 0);
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
 fn sockets_are_private_and_removed_on_shutdown() {
     let mut rig = Rig::new();
     for path in [rig.socket.clone(), control_path(&rig.socket)] {
@@ -273,6 +338,26 @@ fn arp_request(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&[0; 6]);
     frame.extend_from_slice(&target);
+    frame.resize(60, 0);
+    frame
+}
+
+/// A minimal UDP datagram from `mac`/`source` to `dest`, port 9 (discard).
+fn udp_from(mac: [u8; 6], source: [u8; 4], dest: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![0x0a, 0x58, 10, 99, 0, 1];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&source);
+    ip.extend_from_slice(&dest);
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    let checksum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&[0x30, 0x39, 0, 9, 0, 12, 0, 0, b'h', b'p', b'k', b'!']);
     frame.resize(60, 0);
     frame
 }

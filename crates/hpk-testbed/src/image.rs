@@ -16,6 +16,7 @@ pub const BUSYBOX: &str = "/usr/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "ip", "ping", "nc", "cat", "echo", "sleep", "ls", "dd", "wc", "head", "true", "false",
     "env", "grep", "kill", "readlink", "stat", "id", "hostname", "mkdir", "touch", "test",
+    "arping",
 ];
 
 const RUNSCRIPT: &str = "#!/bin/sh\n\

@@ -64,21 +64,22 @@ pub fn print_ps(entries: &[PsEntry], json: bool) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{:<12}  {:<18}  {:<17}  {:<15}  {:<5}  {:>7}  {:>12}  {:>12}  COMMAND",
-        "ID", "ADDRESS", "MAC", "TAP", "PATH", "PID", "TX BYTES", "RX BYTES"
+        "{:<12}  {:<18}  {:<17}  {:<15}  {:<5}  {:>7}  {:>12}  {:>12}  {:>7}  COMMAND",
+        "ID", "ADDRESS", "MAC", "TAP", "PATH", "PID", "TX BYTES", "RX BYTES", "SPOOFED"
     )?;
     for entry in entries {
-        let (tx, rx) = entry
+        let [tx, rx, spoofed] = entry
             .counters
-            .map_or((String::from("-"), String::from("-")), |c| {
-                (
+            .map_or(["-".into(), "-".into(), "-".into()], |c| {
+                [
                     c.tap_to_socket.bytes.to_string(),
                     c.socket_to_tap.bytes.to_string(),
-                )
+                    c.spoofed.to_string(),
+                ]
             });
         writeln!(
             out,
-            "{:<12}  {:<18}  {:<17}  {:<15}  {:<5}  {:>7}  {:>12}  {:>12}  {}{}",
+            "{:<12}  {:<18}  {:<17}  {:<15}  {:<5}  {:>7}  {:>12}  {:>12}  {:>7}  {}{}",
             entry.id,
             entry.address.as_deref().unwrap_or("-"),
             entry.mac.as_deref().unwrap_or("-"),
@@ -87,6 +88,7 @@ pub fn print_ps(entries: &[PsEntry], json: bool) -> std::io::Result<()> {
             entry.pid,
             tx,
             rx,
+            spoofed,
             entry.command.join(" "),
             if entry.live {
                 ""

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod apptainer_args;
 pub mod bridge;
+pub mod cli;
 pub mod error;
 pub mod launch;
 pub mod lifecycle;

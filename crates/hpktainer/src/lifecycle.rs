@@ -12,6 +12,7 @@
 //! frees an address a starting container is about to record, and the bridge
 //! is created once however many containers start together.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use hpk_ipam::{HostLocal, IpamConfig};
@@ -143,6 +144,7 @@ fn exhausted_or(err: hpk_ipam::Error, subnet: Ipv4Net) -> Error {
 fn start_relay(ctx: &Context, record: &mut Record, log_level: &str) -> Result<()> {
     create_private_dir(&record.socket_dir)?;
     let socket = record.socket_dir.join(SOCKET_NAME);
+    let allow = allowed_source(record)?;
     let spec = RelaySpec {
         daemon: &ctx.daemon,
         socket: &socket,
@@ -150,6 +152,7 @@ fn start_relay(ctx: &Context, record: &mut Record, log_level: &str) -> Result<()
         bridge: &ctx.settings.bridge,
         mtu: ctx.subnet.mtu,
         log_level,
+        allow: Some(allow),
         detached: record.instance.is_some(),
     };
     let relay = relay_server::start(&spec)?;
@@ -158,6 +161,22 @@ fn start_relay(ctx: &Context, record: &mut Record, log_level: &str) -> Result<()
     record.phase = Phase::Running;
     ctx.state.write(record)?;
     Ok(())
+}
+
+/// The MAC and address allocation recorded: the relay forwards frames from
+/// these alone, so a container cannot impersonate another.
+fn allowed_source(record: &Record) -> Result<(&str, Ipv4Addr)> {
+    let address = record
+        .address
+        .as_deref()
+        .and_then(|a| a.parse::<Ipv4Net>().ok());
+    match (record.mac.as_deref(), address) {
+        (Some(mac), Some(address)) => Ok((mac, address.addr())),
+        _ => Err(Error::step(
+            "start the relay",
+            "the record holds no MAC and address to filter on",
+        )),
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {

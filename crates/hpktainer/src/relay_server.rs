@@ -5,6 +5,7 @@
 //! detached into its own session and outlives hpktainer.
 
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -33,6 +34,9 @@ pub struct RelaySpec<'a> {
     pub bridge: &'a str,
     pub mtu: u32,
     pub log_level: &'a str,
+    /// The container's MAC and address: the only sources the relay lets
+    /// through to the bridge.
+    pub allow: Option<(&'a str, Ipv4Addr)>,
     /// Outlive hpktainer (instances) instead of dying with it.
     pub detached: bool,
 }
@@ -56,6 +60,9 @@ pub fn start(spec: &RelaySpec<'_>) -> Result<ProcessRef> {
         ])
         .args(["--ready-fd", "3", "--log-level", spec.log_level])
         .stdin(Stdio::null());
+    if let Some((mac, ip)) = spec.allow {
+        command.args(["--allow-mac", mac, "--allow-ip", &ip.to_string()]);
+    }
     if spec.detached {
         // A detached relay must not hold hpktainer's output open: whoever
         // reads it would wait for the instance to end.
