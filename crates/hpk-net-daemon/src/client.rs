@@ -16,12 +16,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hpk_netconf::{IpNet, Ipv4Net, LinkInfo, MacAddr, Netlink};
 use tokio::net::UnixStream;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, sleep};
 use tracing::{debug, info, warn};
 
 use crate::child::Supervisor;
 use crate::relay::{self, ConnectionEnd};
+use crate::signals::StopSignals;
 use crate::stats::Stats;
 use crate::tap::Tap;
 
@@ -102,21 +102,6 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
     tokio::select! {
         status = supervisor.run(&config.command) => status,
         _ = relay => unreachable!("the relay loop never returns"),
-    }
-}
-
-/// SIGTERM and SIGINT for a client without a command.
-struct StopSignals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> Result<Self> {
-        Ok(Self {
-            terminate: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
-            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
-        })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod filter;
 pub mod relay;
 pub mod server;
+pub mod signals;
 pub mod stats;
 pub mod tap;
 

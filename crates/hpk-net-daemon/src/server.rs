@@ -17,12 +17,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use hpk_netconf::{MacAddr, Netlink};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::filter::SourceFilter;
 use crate::relay::{self, ConnectionEnd};
+use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
 use crate::tap::Tap;
 
@@ -122,21 +122,6 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     let result = serve(&listeners.relay, Arc::new(tap), stats, filter, stop).await;
     listeners.remove_files();
     result
-}
-
-/// SIGTERM and SIGINT, caught from the moment they are installed.
-struct StopSignals {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> Result<Self> {
-        Ok(Self {
-            terminate: signal(SignalKind::terminate()).context("install SIGTERM handler")?,
-            interrupt: signal(SignalKind::interrupt()).context("install SIGINT handler")?,
-        })
-    }
 }
 
 /// Accepts connections until asked to stop; the newest peer always wins.
