@@ -140,6 +140,17 @@ pub fn send(ns: &Netns, dest: SocketAddr, len: u64, seed: u64) -> std::io::Resul
 
 /// The digest of `len` bytes of the sequence from `seed`, without sending.
 pub fn expected(len: u64, seed: u64) -> Digest {
+    let outcome: std::io::Result<Digest> = generate(len, seed, |_| Ok(()));
+    outcome.expect("generating alone cannot fail")
+}
+
+/// Produces `len` bytes of the sequence from `seed` in chunks, hands each
+/// to `sink`, and returns the digest of all of them.
+fn generate(
+    len: u64,
+    seed: u64,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<Digest> {
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut state = seed | 1;
@@ -147,31 +158,22 @@ pub fn expected(len: u64, seed: u64) -> Digest {
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         fill(&mut buf[..n], &mut state);
+        sink(&buf[..n])?;
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    hasher.finish()
+    Ok(hasher.finish())
 }
 
 /// Sends `len` bytes of the sequence from `seed` over a connected stream,
 /// half-closes, and waits for the receiver to close.
 pub fn send_over(stream: &mut TcpStream, len: u64, seed: u64) -> std::io::Result<Digest> {
     stream.set_write_timeout(Some(Duration::from_secs(60)))?;
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut state = seed | 1;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        fill(&mut buf[..n], &mut state);
-        stream.write_all(&buf[..n])?;
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
+    let digest = generate(len, seed, |chunk| stream.write_all(chunk))?;
     stream.shutdown(std::net::Shutdown::Write)?;
     // Wait for the receiver to close, so the bytes are known to have landed.
     let _ = stream.read(&mut [0u8; 1]);
-    Ok(hasher.finish())
+    Ok(digest)
 }
 
 #[cfg(test)]
