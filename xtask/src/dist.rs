@@ -45,6 +45,11 @@ const BINARIES: &[(&str, CommandFn)] = &[
     ("hpk-bubble", hpk_bubble::cli::command),
 ];
 
+/// The names of the executables in each dist/ARCH directory.
+pub(crate) fn binary_names() -> Vec<&'static str> {
+    BINARIES.iter().map(|(name, _)| *name).collect()
+}
+
 /// What `--check` needs besides the build.
 const CHECK_TOOLS: &[Tool] = &[Tool {
     path: "/usr/bin/man",
@@ -334,7 +339,7 @@ const DT_NEEDED: u64 = 1;
 
 /// Why an ELF executable is not static (it names an interpreter or needs a
 /// shared library), or `None` when it is static (static-pie included).
-fn not_static(image: &[u8]) -> Result<Option<&'static str>> {
+pub(crate) fn not_static(image: &[u8]) -> Result<Option<&'static str>> {
     ensure!(image.starts_with(b"\x7fELF"), "not an ELF file");
     ensure!(
         image.get(4..6) == Some(&[2, 1]),

@@ -1,9 +1,10 @@
-//! `cargo xtask`: the project's tasks — test, demo, bench, dist — as one program,
+//! `cargo xtask`: the project's tasks — test, demo, bench, dist, images — as one program,
 //! so a fresh machine needs nothing but cargo to run them.
 
 mod bench;
 mod demo;
 mod dist;
+mod images;
 mod interrupt;
 mod prereq;
 mod test;
@@ -25,6 +26,10 @@ tasks:
                     static release executables (dist/x86_64, dist/aarch64 when
                     that target is installed) with SHA256SUMS, man pages and
                     shell completions; --check verifies them (not part of test)
+  images [--push] [--platform LIST] [--archive]
+                    with a Docker engine: both images with buildx (amd64, arm64),
+                    tagged VERSION and latest under $REGISTRY; without one: the
+                    hpktainer-base OCI archive for this host in dist/images/
   help              this text
 ";
 
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("dist") => dist::run(&args[1..]),
+        Some("images") => images::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

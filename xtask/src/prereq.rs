@@ -65,6 +65,10 @@ pub const TEST_TOOLS: &[Tool] = &[
         path: "/usr/bin/man",
         package: "man-db",
     },
+    Tool {
+        path: "/usr/bin/skopeo",
+        package: "skopeo",
+    },
 ];
 
 /// Installs the packages of missing `tools` (root on Debian/Ubuntu), or
