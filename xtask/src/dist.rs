@@ -214,7 +214,7 @@ fn build_arch(
 }
 
 /// Writes `dir/SHA256SUMS` for `files` in `dir`, in the format `sha256sum -c` reads.
-fn write_sums(dir: &Path, files: &[&str]) -> Result<()> {
+pub(crate) fn write_sums(dir: &Path, files: &[&str]) -> Result<()> {
     let mut sums = String::new();
     for file in files {
         sums.push_str(&format!("{}  {file}\n", sha256_hex(&dir.join(file))?));
@@ -229,7 +229,7 @@ fn sha256_hex(path: &Path) -> Result<String> {
 }
 
 /// One man page per command and per (visible) subcommand: `NAME.1`, `NAME-SUB.1`.
-fn write_man_pages(dir: &Path) -> Result<()> {
+pub(crate) fn write_man_pages(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     for (name, command) in BINARIES {
         clap_mangen::generate_to(command(), dir)
@@ -238,7 +238,7 @@ fn write_man_pages(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_completions(dir: &Path) -> Result<()> {
+pub(crate) fn write_completions(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     for (name, command) in BINARIES {
         for shell in SHELLS {

@@ -7,6 +7,8 @@ mod dist;
 mod images;
 mod interrupt;
 mod prereq;
+#[cfg(test)]
+mod readme_check;
 mod test;
 
 use std::process::ExitCode;
