@@ -234,16 +234,24 @@ fn shell(command: &str) -> Command {
     shell
 }
 
+/// Runs `shell` and returns its stdout, failing with both streams. They go
+/// to files, not pipes: a process the command leaves behind (the bench's
+/// relay client has left its `sleep` running) would hold a pipe open and
+/// stall this check until it exits.
 fn run_checked(command: &str, mut shell: Command) -> String {
-    let output = shell
-        .output()
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    shell
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let status = shell
+        .status()
         .unwrap_or_else(|err| panic!("start `{command}`: {err}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stdout = fs::read_to_string(&out_path).unwrap_or_default();
     assert!(
-        output.status.success(),
-        "README command `{command}`: {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        status.success(),
+        "README command `{command}`: {status}\nstdout: {stdout}\nstderr: {}",
+        fs::read_to_string(&err_path).unwrap_or_default()
     );
     stdout
 }
