@@ -345,6 +345,19 @@ fn the_archive_runs_its_entrypoint_against_a_relay() {
         status.success(),
         "the entrypoint ends cleanly on SIGTERM: {status}"
     );
+
+    // With a command after `--`, as `apptainer run IMAGE -- CMD` passes it:
+    // the network comes up again, then the command runs and its status and
+    // output come through.
+    let mut with_command = entrypoint.clone();
+    with_command.extend(["--", "/usr/local/bin/hpk-net-daemon", "--version"].map(String::from));
+    let out_path = dir.path().join("command.out");
+    let mut command = chrooted(&container, &rootfs, &with_command, &env);
+    command.stdout(fs::File::create(&out_path).unwrap());
+    let status = Proc::spawn("image entrypoint with a command", command).wait();
+    assert!(status.success(), "the command's status: {status}");
+    let printed = fs::read_to_string(&out_path).unwrap();
+    assert_eq!(printed.trim(), format!("hpk-net-daemon {VERSION}"));
     drop(server);
 }
 
