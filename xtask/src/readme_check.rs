@@ -219,6 +219,31 @@ fn test_exists(reference: &str) -> Result<(), String> {
 /// The README's commands with the debug binaries first on PATH, run from
 /// the workspace root through `sh -c`.
 fn shell(command: &str) -> Command {
+    let mut shell = Command::new("sh");
+    shell.args(["-e", "-c", command]);
+    in_workspace(shell)
+}
+
+/// `sh -c COMMAND` as the first process of a new PID namespace: whatever the
+/// command leaves running is killed by the kernel when that shell ends, so
+/// no process of the check outlives it (the bench has left a relay client's
+/// `sleep` behind before).
+fn shell_in_pid_namespace(command: &str) -> Command {
+    let mut unshare = Command::new("unshare");
+    unshare.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        "sh",
+        "-e",
+        "-c",
+        command,
+    ]);
+    in_workspace(unshare)
+}
+
+fn in_workspace(mut command: Command) -> Command {
     let bin_dir = hpk_testbed::bin_path("hpktainer")
         .parent()
         .expect("a directory")
@@ -226,12 +251,10 @@ fn shell(command: &str) -> Command {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![bin_dir];
     dirs.extend(std::env::split_paths(&path));
-    let mut shell = Command::new("sh");
-    shell
-        .args(["-e", "-c", command])
+    command
         .current_dir(crate::workspace_root())
         .env("PATH", std::env::join_paths(dirs).expect("PATH"));
-    shell
+    command
 }
 
 /// Runs `shell` and returns its stdout, failing with both streams. They go
@@ -409,7 +432,9 @@ fn fake_dist(dist: &Path) {
 
 /// The README's slow commands, as written and in its order: the demo (both
 /// MTUs), dist with its check, the images with skopeo reading the archive,
-/// and the benchmark. Minutes: release builds and a benchmark of ~1 min.
+/// and the benchmark. Minutes: release builds and a benchmark of a few
+/// minutes. Each runs in a PID namespace of its own (see
+/// `shell_in_pid_namespace`).
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn slow_readme_commands_run() {
@@ -417,7 +442,7 @@ fn slow_readme_commands_run() {
     assert!(slow.len() >= 7, "{slow:?}");
     for command in slow {
         eprintln!("readme check: running `{command}`");
-        let stdout = run_checked(&command, shell(&command));
+        let stdout = run_checked(&command, shell_in_pid_namespace(&command));
         if command.starts_with("cargo xtask demo") {
             assert!(stdout.contains("demo: OK"), "{stdout}");
         }
