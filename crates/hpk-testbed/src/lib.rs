@@ -11,6 +11,7 @@ pub mod image;
 pub mod netns;
 pub mod overlay;
 pub mod process;
+pub mod report;
 pub mod scenario;
 pub mod transfer;
 
