@@ -28,11 +28,16 @@ pub fn addresses(netns: &str) -> Vec<String> {
 }
 
 /// Every route of every table, both families, without the flags that
-/// change with carrier state.
+/// change with carrier state. IPv6 `local` routes are left out: they mirror
+/// the link's addresses (which are compared) but appear only once duplicate
+/// address detection ends, a second or so after the link comes up.
 pub fn routes(netns: &str) -> Vec<String> {
     let mut found = Vec::new();
     for family in ["-4", "-6"] {
         for line in ip(netns, &[family, "route", "show", "table", "all"]).lines() {
+            if family == "-6" && line.starts_with("local ") {
+                continue;
+            }
             let words: Vec<&str> = line
                 .split_whitespace()
                 .filter(|word| *word != "linkdown")
@@ -138,14 +143,13 @@ fn without_counters(rule: &str) -> String {
 struct ProcInfo {
     ppid: i32,
     start: u64,
-    state: char,
     comm: String,
     cmdline: String,
     net: Option<u64>,
     mentions_marker: bool,
 }
 
-/// `PID/START STATE COMM: CMDLINE` for the scope's processes: those in its
+/// `PID/START COMM: CMDLINE` for the scope's processes: those in its
 /// network namespace or mentioning its marker, and their descendants.
 pub fn processes(scope: &Scope) -> Vec<String> {
     let netns = Path::new("/run/netns").join(&scope.netns);
@@ -181,10 +185,7 @@ pub fn processes(scope: &Scope) -> Vec<String> {
             let info = &table[pid];
             let mut cmdline = info.cmdline.clone();
             cmdline.truncate(160);
-            format!(
-                "{pid}/{} {} {}: {cmdline}",
-                info.start, info.state, info.comm
-            )
+            format!("{pid}/{} {}: {cmdline}", info.start, info.comm)
         })
         .collect()
 }
@@ -209,7 +210,6 @@ fn read_process(dir: &Path, marker: &str) -> Option<ProcInfo> {
     let close = stat.rfind(')')?;
     let comm = stat[open + 1..close].to_owned();
     let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
     let ppid = fields.get(1)?.parse().ok()?;
     let start = fields.get(19)?.parse().ok()?;
     let text = |name: &str| {
@@ -222,7 +222,6 @@ fn read_process(dir: &Path, marker: &str) -> Option<ProcInfo> {
     Some(ProcInfo {
         ppid,
         start,
-        state,
         comm,
         cmdline,
         net,
