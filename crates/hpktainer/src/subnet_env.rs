@@ -634,7 +634,10 @@ FLANNEL_IPMASQ=true
                 .replace("10.244.0.0/16", network)
                 .replace("10.244.3.1/24", subnet);
             let err = message(&text);
-            assert!(err.contains(kind) && err.contains(":2: FLANNEL_SUBNET"), "{err}");
+            assert!(
+                err.contains(kind) && err.contains(":2: FLANNEL_SUBNET"),
+                "{err}"
+            );
         }
     }
 

@@ -26,9 +26,16 @@ fn refused(
     adjust(&mut command);
     let output = command.output().unwrap();
     let text = stderr(&output);
-    assert_eq!(output.status.code(), Some(i32::from(status)), "{case}: {text}");
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(status)),
+        "{case}: {text}"
+    );
     for needle in needles {
-        assert!(text.contains(needle), "{case}: {needle:?} missing in {text}");
+        assert!(
+            text.contains(needle),
+            "{case}: {needle:?} missing in {text}"
+        );
     }
     bubble.assert_no_leaks(&before, case);
     report::record_detail(report::kind::HOSTILE_INPUTS, 1, case);
@@ -48,9 +55,19 @@ fn broken_subnet_env_files_are_refused_by_line_and_key() {
     let bubble = Bubble::new();
     bad_subnet_env(&bubble, "empty subnet.env", b"", &["is empty"]);
     let truncated = format!("{NET}FLANNEL_SUBNET=10.244.7");
-    bad_subnet_env(&bubble, "value cut short", truncated.as_bytes(), &["subnet.env:2"]);
+    bad_subnet_env(
+        &bubble,
+        "value cut short",
+        truncated.as_bytes(),
+        &["subnet.env:2"],
+    );
     let truncated = format!("{NET}FLANNEL_SUB");
-    bad_subnet_env(&bubble, "key cut short", truncated.as_bytes(), &["subnet.env:2"]);
+    bad_subnet_env(
+        &bubble,
+        "key cut short",
+        truncated.as_bytes(),
+        &["subnet.env:2"],
+    );
     bad_subnet_env(
         &bubble,
         "binary subnet.env",
@@ -72,18 +89,47 @@ fn broken_subnet_env_files_are_refused_by_line_and_key() {
 #[ignore = "needs root: run with cargo xtask test"]
 fn nonsensical_subnets_gateways_and_mtus_are_refused() {
     let bubble = Bubble::new();
-    let env = |subnet: &str, mtu: &str| format!("{NET}FLANNEL_SUBNET={subnet}\nFLANNEL_MTU={mtu}\n");
+    let env =
+        |subnet: &str, mtu: &str| format!("{NET}FLANNEL_SUBNET={subnet}\nFLANNEL_MTU={mtu}\n");
     let cases = [
         ("no room", env("10.244.7.1/31", "1450"), "leaves no address"),
-        ("subnet outside the network", env("10.99.7.1/24", "1450"), "not inside"),
-        ("multicast gateway", env_in("224.0.0.0/4", "224.1.1.1/24"), "FLANNEL_SUBNET"),
-        ("loopback gateway", env_in("127.0.0.0/8", "127.0.7.1/24"), "FLANNEL_SUBNET"),
-        ("unspecified gateway", env_in("0.0.0.0/8", "0.0.7.1/24"), "FLANNEL_SUBNET"),
+        (
+            "subnet outside the network",
+            env("10.99.7.1/24", "1450"),
+            "not inside",
+        ),
+        (
+            "multicast gateway",
+            env_in("224.0.0.0/4", "224.1.1.1/24"),
+            "FLANNEL_SUBNET",
+        ),
+        (
+            "loopback gateway",
+            env_in("127.0.0.0/8", "127.0.7.1/24"),
+            "FLANNEL_SUBNET",
+        ),
+        (
+            "unspecified gateway",
+            env_in("0.0.0.0/8", "0.0.7.1/24"),
+            "FLANNEL_SUBNET",
+        ),
         ("MTU zero", env("10.244.7.1/24", "0"), "FLANNEL_MTU"),
-        ("MTU below the minimum", env("10.244.7.1/24", "67"), "FLANNEL_MTU"),
-        ("MTU above a tap's", env("10.244.7.1/24", "70000"), "FLANNEL_MTU"),
+        (
+            "MTU below the minimum",
+            env("10.244.7.1/24", "67"),
+            "FLANNEL_MTU",
+        ),
+        (
+            "MTU above a tap's",
+            env("10.244.7.1/24", "70000"),
+            "FLANNEL_MTU",
+        ),
         ("MTU negative", env("10.244.7.1/24", "-1"), "FLANNEL_MTU"),
-        ("MTU not a number", env("10.244.7.1/24", "lots"), "FLANNEL_MTU"),
+        (
+            "MTU not a number",
+            env("10.244.7.1/24", "lots"),
+            "FLANNEL_MTU",
+        ),
     ];
     for (case, text, needle) in cases {
         bad_subnet_env(&bubble, case, text.as_bytes(), &[needle, "subnet.env:"]);
@@ -153,7 +199,9 @@ fn without_cap_net_admin_the_run_says_so() {
     // hpktainer (still uid 0) has no CAP_NET_ADMIN.
     let mut command = bubble.ns.command("setpriv");
     command.args(["--bounding-set", "-net_admin", "--"]);
-    command.arg(common::HPKTAINER).args(["exec", &image, "true"]);
+    command
+        .arg(common::HPKTAINER)
+        .args(["exec", &image, "true"]);
     for (key, value) in bubble.hpktainer(&["x"]).get_envs() {
         if let Some(value) = value {
             command.env(key, value);
@@ -203,7 +251,11 @@ fn a_record_from_a_newer_hpktainer_is_left_alone_and_named() {
     let text = stderr(&gc);
     assert!(gc.status.success(), "{text}");
     let report: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
-    assert_eq!(report["unreadable"], serde_json::json!(["future0001"]), "{report}");
+    assert_eq!(
+        report["unreadable"],
+        serde_json::json!(["future0001"]),
+        "{report}"
+    );
     assert!(text.contains("newer hpktainer"), "{text}");
     assert_eq!(std::fs::read_to_string(&record).unwrap(), future);
 
