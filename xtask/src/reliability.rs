@@ -15,7 +15,14 @@ use hpk_net_daemon::killpoint;
 use hpk_testbed::report::{Summary, kind};
 
 /// The test targets of the suite (target names are unique in the workspace).
-pub const SUITE: &[&str] = &["leaks", "crash", "concurrency", "hostile", "errors"];
+pub const SUITE: &[&str] = &[
+    "leaks",
+    "crash",
+    "concurrency",
+    "hostile",
+    "errors",
+    "lifecycle",
+];
 
 /// Where this run's facts go (emptied at the start of a run).
 pub fn fresh_report(root: &Path) -> Result<PathBuf> {

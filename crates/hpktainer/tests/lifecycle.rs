@@ -178,4 +178,9 @@ fn a_non_bridge_holding_the_bridge_name_is_refused() {
         stderr(&output)
     );
     bubble.assert_no_leaks(&before, "nothing leaked: no lease, no relay, no record");
+    hpk_testbed::report::record_detail(
+        hpk_testbed::report::kind::HOSTILE_INPUTS,
+        1,
+        "non-bridge holds the bridge name",
+    );
 }
