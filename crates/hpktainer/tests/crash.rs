@@ -30,8 +30,16 @@ struct Scenario {
     before: Snapshot,
 }
 
+/// What to do when the binaries have no kill points.
+const BUILD_WITH_KILL_POINTS: &str = "the binaries were built without the kill-points feature; \
+    build them with `cargo xtask test`, or `cargo build --workspace --bins --features \
+    hpktainer/kill-points` and `cargo test -p hpktainer --features kill-points`";
+
 impl Scenario {
     fn new() -> Self {
+        // hpktainer is built by this cargo invocation with this crate's
+        // features, so this is the binary's answer too.
+        assert!(killpoint::compiled_in(), "{BUILD_WITH_KILL_POINTS}");
         let bubble = Bubble::new();
         let image = bubble.image.display().to_string();
         let script = "echo up; exec sleep 600";
@@ -141,14 +149,18 @@ fn wait_stopped(pid: i32, point: &str, log: &Path) {
         match process_state(pid) {
             Some('T') => break,
             None | Some('Z') | Some('X') => panic!(
-                "pid {pid} ended without stopping at kill point {point}: the binaries were \
-                 built without the kill-points feature; build them with `cargo xtask test` \
-                 or `cargo build --workspace --bins --features hpktainer/kill-points`\n{}",
+                "pid {pid} ended without stopping at kill point {point}: \
+                 {BUILD_WITH_KILL_POINTS}\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             ),
             _ => {}
         }
-        assert!(Instant::now() < deadline, "pid {pid} never reached {point}");
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never reached {point}; if its log below names no kill point at all, \
+             {BUILD_WITH_KILL_POINTS}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let text = std::fs::read_to_string(log).unwrap();
