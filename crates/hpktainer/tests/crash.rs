@@ -185,6 +185,15 @@ fn resume(pid: i32) {
     kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
 }
 
+/// Runs `scenario` once, or five times in the long form of the suite
+/// (`cargo xtask test --reliability`), each time in a fresh bubble.
+fn repeated(scenario: impl Fn()) {
+    let rounds = if report::full() { 5 } else { 1 };
+    for _ in 0..rounds {
+        scenario();
+    }
+}
+
 /// Kills hpktainer where it stopped: everything it held is left for gc.
 fn hpktainer_killed_at(point: &str) {
     let scenario = Scenario::new();
@@ -198,57 +207,69 @@ fn hpktainer_killed_at(point: &str) {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn hpktainer_killed_before_allocation() {
-    hpktainer_killed_at(killpoint::BEFORE_ALLOCATION);
+    repeated(|| {
+        hpktainer_killed_at(killpoint::BEFORE_ALLOCATION);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn hpktainer_killed_after_allocation() {
-    hpktainer_killed_at(killpoint::AFTER_ALLOCATION);
+    repeated(|| {
+        hpktainer_killed_at(killpoint::AFTER_ALLOCATION);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn hpktainer_killed_after_the_relay_started() {
-    hpktainer_killed_at(killpoint::AFTER_RELAY_STARTED);
+    repeated(|| {
+        hpktainer_killed_at(killpoint::AFTER_RELAY_STARTED);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn hpktainer_killed_after_apptainer_started() {
-    hpktainer_killed_at(killpoint::AFTER_APPTAINER_STARTED);
+    repeated(|| {
+        hpktainer_killed_at(killpoint::AFTER_APPTAINER_STARTED);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn relay_killed_before_the_container_connects() {
-    let scenario = Scenario::new();
-    let point = killpoint::AFTER_RELAY_STARTED;
-    let (mut run, log) = scenario.armed_exec(point, "true", &[]);
-    wait_stopped(run.pid(), point, &log);
-    sigkill(relay_of(&scenario.bubble, run.pid()), "relay");
-    resume(run.pid());
+    repeated(|| {
+        let scenario = Scenario::new();
+        let point = killpoint::AFTER_RELAY_STARTED;
+        let (mut run, log) = scenario.armed_exec(point, "true", &[]);
+        wait_stopped(run.pid(), point, &log);
+        sigkill(relay_of(&scenario.bubble, run.pid()), "relay");
+        resume(run.pid());
 
-    // The client finds no server, so the container fails; hpktainer releases.
-    let status = shell_status(run.wait());
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_ne!(status, 0, "{text}");
-    assert!(text.contains("no relay server answered"), "{text}");
-    scenario.finish(0);
+        // The client finds no server, so the container fails; hpktainer releases.
+        let status = shell_status(run.wait());
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_ne!(status, 0, "{text}");
+        assert!(text.contains("no relay server answered"), "{text}");
+        scenario.finish(0);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn container_killed_after_apptainer_started() {
-    let scenario = Scenario::new();
-    let point = killpoint::AFTER_APPTAINER_STARTED;
-    let (mut run, log) = scenario.armed_exec(point, "exec sleep 600", &[]);
-    wait_stopped(run.pid(), point, &log);
-    sigkill(apptainer_of(&scenario.bubble, run.pid()), "container");
-    resume(run.pid());
+    repeated(|| {
+        let scenario = Scenario::new();
+        let point = killpoint::AFTER_APPTAINER_STARTED;
+        let (mut run, log) = scenario.armed_exec(point, "exec sleep 600", &[]);
+        wait_stopped(run.pid(), point, &log);
+        sigkill(apptainer_of(&scenario.bubble, run.pid()), "container");
+        resume(run.pid());
 
-    assert_eq!(shell_status(run.wait()), 137, "the container's own status");
-    scenario.finish(0);
+        assert_eq!(shell_status(run.wait()), 137, "the container's own status");
+        scenario.finish(0);
+    });
 }
 
 /// A container sending to the bubble, its relay stopped mid-transfer.
@@ -274,43 +295,49 @@ fn stopped_mid_transfer(scenario: &Scenario, port: u16) -> (Proc, PathBuf, i32, 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn relay_killed_mid_transfer() {
-    let scenario = Scenario::new();
-    let (run, _log, relay, _receiver) = stopped_mid_transfer(&scenario, 5101);
-    sigkill(relay, "relay");
-    // The container waits for a relay that never returns; ending it
-    // through hpktainer releases everything.
-    assert_eq!(shell_status(run.stop(Signal::SIGTERM)), 143);
-    scenario.finish(0);
+    repeated(|| {
+        let scenario = Scenario::new();
+        let (run, _log, relay, _receiver) = stopped_mid_transfer(&scenario, 5101);
+        sigkill(relay, "relay");
+        // The container waits for a relay that never returns; ending it
+        // through hpktainer releases everything.
+        assert_eq!(shell_status(run.stop(Signal::SIGTERM)), 143);
+        scenario.finish(0);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn hpktainer_killed_mid_transfer() {
-    let scenario = Scenario::new();
-    let (run, _log, _relay, _receiver) = stopped_mid_transfer(&scenario, 5102);
-    sigkill(run.pid(), "hpktainer");
-    run.stop(Signal::SIGKILL);
-    scenario.finish(1);
+    repeated(|| {
+        let scenario = Scenario::new();
+        let (run, _log, _relay, _receiver) = stopped_mid_transfer(&scenario, 5102);
+        sigkill(run.pid(), "hpktainer");
+        run.stop(Signal::SIGKILL);
+        scenario.finish(1);
+    });
 }
 
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn gc_killed_while_releasing_a_dead_container() {
-    let scenario = Scenario::new();
-    let image = scenario.bubble.image.display().to_string();
-    let words = ["exec", &image, "sh", "-c", "echo up; exec sleep 600"];
-    let dead = Proc::spawn_until_line("doomed", scenario.bubble.hpktainer(&words), "up");
-    let dead_pid = dead.pid();
-    dead.stop(Signal::SIGKILL);
-    report::record_detail(report::kind::PROCESS_KILLED, 1, "hpktainer");
-    assert!(record_of(&scenario.bubble, dead_pid).is_some());
+    repeated(|| {
+        let scenario = Scenario::new();
+        let image = scenario.bubble.image.display().to_string();
+        let words = ["exec", &image, "sh", "-c", "echo up; exec sleep 600"];
+        let dead = Proc::spawn_until_line("doomed", scenario.bubble.hpktainer(&words), "up");
+        let dead_pid = dead.pid();
+        dead.stop(Signal::SIGKILL);
+        report::record_detail(report::kind::PROCESS_KILLED, 1, "hpktainer");
+        assert!(record_of(&scenario.bubble, dead_pid).is_some());
 
-    let point = killpoint::DURING_GC;
-    let (gc, log) = scenario.armed(point, &["gc"]);
-    wait_stopped(gc.pid(), point, &log);
-    sigkill(gc.pid(), "gc");
-    gc.stop(Signal::SIGKILL);
-    let record = record_of(&scenario.bubble, dead_pid).expect("the half-released record");
-    assert_eq!(record["phase"], "releasing", "{record}");
-    scenario.finish(1);
+        let point = killpoint::DURING_GC;
+        let (gc, log) = scenario.armed(point, &["gc"]);
+        wait_stopped(gc.pid(), point, &log);
+        sigkill(gc.pid(), "gc");
+        gc.stop(Signal::SIGKILL);
+        let record = record_of(&scenario.bubble, dead_pid).expect("the half-released record");
+        assert_eq!(record["phase"], "releasing", "{record}");
+        scenario.finish(1);
+    });
 }
