@@ -66,7 +66,10 @@ impl Supervisor {
     /// The command dies with this process: when apptainer is killed, the
     /// kernel kills the client (its parent-death signal), and without the
     /// same signal here the user's command would live on as an orphan with
-    /// no network, holding whatever the container held.
+    /// no network, holding whatever the container held. Only the command
+    /// itself gets the signal: a grandchild it left running is reparented
+    /// and lives on, as it would under Apptainer without `--pid`; reaching
+    /// those would take a PID namespace, which the client cannot assume.
     pub async fn run(self, command: &[OsString]) -> Result<i32> {
         let (program, args) = command.split_first().context("empty command")?;
         let mut built = Command::new(program);

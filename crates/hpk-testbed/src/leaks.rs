@@ -18,10 +18,14 @@
 //! (the bridge with its addresses and routes, hpktainer's masquerade rule)
 //! is named in [`Scope::persistent`] and left out of every snapshot.
 //!
-//! Shortcoming, accepted for now: an nftables table or chain left empty is
+//! Shortcomings, accepted for now: an nftables table or chain left empty is
 //! not reported (only rules are), because iptables-nft creates its tables
 //! on the first rule and keeps them by design; a leaked empty table holds no
-//! traffic.
+//! traffic. A process that left the bubble's namespace, carries neither the
+//! marker in its command line nor in its environment, and was reparented
+//! away from every member (a daemon that double-forked with a cleared
+//! environment) is not found; nothing hpktainer or the stand-in starts
+//! does that, and a search by program name would see other tests' processes.
 
 mod collect;
 
