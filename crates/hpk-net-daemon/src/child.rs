@@ -68,8 +68,8 @@ impl Supervisor {
     /// same signal here the user's command would live on as an orphan with
     /// no network, holding whatever the container held. Only the command
     /// itself gets the signal: a grandchild it left running is reparented
-    /// and lives on, as it would under Apptainer without `--pid`; reaching
-    /// those would take a PID namespace, which the client cannot assume.
+    /// and lives on; reaching those would take a PID namespace, which the
+    /// client does not set up.
     pub async fn run(self, command: &[OsString]) -> Result<i32> {
         let (program, args) = command.split_first().context("empty command")?;
         let mut built = Command::new(program);
