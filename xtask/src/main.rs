@@ -9,6 +9,7 @@ mod interrupt;
 mod prereq;
 #[cfg(test)]
 mod readme_check;
+mod reliability;
 mod test;
 
 use std::process::ExitCode;
@@ -17,9 +18,12 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test [--no-install] [-- CARGO TEST ARGS]
+  test [--reliability] [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
-                    too when this is root with /dev/net/tun (else reported ignored)
+                    too when this is root with /dev/net/tun (else reported ignored);
+                    ends with the reliability summary (kill points, kills,
+                    concurrent runs, leaks found). --reliability runs only the
+                    reliability suite, in its long form
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
