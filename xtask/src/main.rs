@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod interrupt;
 mod prereq;
 mod test;
@@ -16,7 +17,8 @@ usage: cargo xtask <task> [options]
 tasks:
   test [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
-                    too when this is root with /dev/net/tun (else reported ignored)
+                    too when this is root with /dev/net/tun (else reported ignored);
+                    then fuzzes the relay's frame decoder for HPK_FUZZ_SECONDS (60)
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside

@@ -41,6 +41,12 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     test.args(passthrough);
     prereq::run(&mut test)?;
+
+    if let Some(fuzzed) = crate::fuzz::bounded(install)? {
+        use hpk_testbed::report::{kind, record_detail};
+        let what = format!("frame_reader, {} s", fuzzed.seconds);
+        record_detail(kind::FUZZ_ITERATIONS, fuzzed.runs, &what);
+    }
     if privileged {
         eprintln!("xtask: all tests passed, privileged ones included");
     }
