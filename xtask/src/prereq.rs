@@ -38,6 +38,10 @@ pub const TEST_TOOLS: &[Tool] = &[
         package: "util-linux",
     },
     Tool {
+        path: "/usr/bin/setpriv",
+        package: "util-linux",
+    },
+    Tool {
         path: "/usr/sbin/iptables",
         package: "iptables",
     },
