@@ -1,5 +1,6 @@
 //! The bounded fuzz run of `cargo xtask test`: the relay's frame decoder
-//! under libFuzzer (`crates/hpk-net-daemon/fuzz`) for a fixed time.
+//! and source filter under libFuzzer (`crates/hpk-net-daemon/fuzz`), each
+//! for a fixed time.
 //!
 //! cargo-fuzz is installed with `cargo install` when missing (about 30 s
 //! here); the first instrumented build takes two to three minutes, later
@@ -15,23 +16,45 @@ use anyhow::{Context, Result, bail};
 
 use crate::prereq;
 
-/// The fuzz target the bounded run exercises.
-const TARGET: &str = "frame_reader";
-/// Default length of the bounded run; `HPK_FUZZ_SECONDS` overrides it.
-const DEFAULT_SECONDS: u64 = 60;
-/// Largest input libFuzzer builds: enough for several frames of the small
-/// maxima the target picks, and for buffer compaction.
-const MAX_LEN: usize = 16_384;
+/// The fuzz targets the bounded run exercises, with the largest input
+/// libFuzzer may build for each: for the decoder, enough for several
+/// frames of the small maxima it picks and for buffer compaction; for the
+/// filter, one jumbo frame.
+const TARGETS: &[(&str, usize)] = &[("frame_reader", 16_384), ("source_filter", 9_018)];
+/// Default length of each target's run; `HPK_FUZZ_SECONDS` overrides it.
+const DEFAULT_SECONDS: u64 = 30;
 
-/// What one bounded run did.
+/// What one target's bounded run did.
 pub struct Outcome {
+    pub target: &'static str,
     pub runs: u64,
     pub seconds: u64,
 }
 
-/// Runs the decoder's fuzz target for the configured time; `None` when
-/// cargo-fuzz is missing and installing is not allowed (reported as skipped).
-pub fn bounded(install: bool) -> Result<Option<Outcome>> {
+/// `cargo xtask fuzz [SECONDS]`: every target for SECONDS (default
+/// `HPK_FUZZ_SECONDS`, else 30) each, for long runs by hand.
+pub fn run(args: &[String]) -> Result<()> {
+    if let Some(seconds) = args.first() {
+        seconds
+            .parse::<u64>()
+            .with_context(|| format!("{seconds:?} is not a number of seconds"))?;
+        // SAFETY: xtask is single-threaded here; nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("HPK_FUZZ_SECONDS", seconds) };
+    }
+    for outcome in bounded(true)?.unwrap_or_default() {
+        hpk_testbed::report::record_detail(
+            hpk_testbed::report::kind::FUZZ_ITERATIONS,
+            outcome.runs,
+            &format!("{}, {} s", outcome.target, outcome.seconds),
+        );
+    }
+    Ok(())
+}
+
+/// Runs each fuzz target for the configured time; `None` when cargo-fuzz
+/// is missing and installing is not allowed (reported as skipped).
+pub fn bounded(install: bool) -> Result<Option<Vec<Outcome>>> {
     if !have_cargo_fuzz() {
         if !install {
             eprintln!("xtask: fuzz: SKIPPED (cargo-fuzz is missing and --no-install was given)");
@@ -51,9 +74,17 @@ pub fn bounded(install: bool) -> Result<Option<Outcome>> {
             .with_context(|| format!("HPK_FUZZ_SECONDS={text:?} is not a number of seconds"))?,
         Err(_) => DEFAULT_SECONDS,
     };
-    let runs = run_target(seconds)?;
-    eprintln!("xtask: fuzz: {TARGET}: {runs} inputs in {seconds} s, no failure");
-    Ok(Some(Outcome { runs, seconds }))
+    let mut outcomes = Vec::new();
+    for &(target, max_len) in TARGETS {
+        let runs = run_target(target, max_len, seconds)?;
+        eprintln!("xtask: fuzz: {target}: {runs} inputs in {seconds} s, no failure");
+        outcomes.push(Outcome {
+            target,
+            runs,
+            seconds,
+        });
+    }
+    Ok(Some(outcomes))
 }
 
 fn have_cargo_fuzz() -> bool {
@@ -67,19 +98,19 @@ fn have_cargo_fuzz() -> bool {
 
 /// Builds and runs the target, echoing libFuzzer's status lines; returns
 /// the number of inputs it ran.
-fn run_target(seconds: u64) -> Result<u64> {
+fn run_target(target: &str, max_len: usize, seconds: u64) -> Result<u64> {
     let dir = crate::workspace_root().join("crates/hpk-net-daemon/fuzz");
     // A corpus kept between local runs; a fresh clone starts from nothing.
-    let corpus = dir.join("corpus").join(TARGET);
+    let corpus = dir.join("corpus").join(target);
     std::fs::create_dir_all(&corpus).with_context(|| format!("create {}", corpus.display()))?;
     let mut command = Command::new("cargo");
     command
         .current_dir(&dir)
-        .args(["fuzz", "run", "--sanitizer", "none", TARGET])
+        .args(["fuzz", "run", "--sanitizer", "none", target])
         .arg(&corpus)
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-max_len={MAX_LEN}"))
+        .arg(format!("-max_len={max_len}"))
         .stderr(Stdio::piped());
     let started = Instant::now();
     let mut child = command.spawn().context("start cargo fuzz")?;
@@ -98,9 +129,9 @@ fn run_target(seconds: u64) -> Result<u64> {
     let status = child.wait().context("wait for cargo fuzz")?;
     if !status.success() {
         bail!(
-            "the fuzz target {TARGET} failed ({status}) after {:.0?}; the input that broke it \
-             is under crates/hpk-net-daemon/fuzz/artifacts/{TARGET}/ (replay it with \
-             `cargo fuzz run --sanitizer none {TARGET} <file>` in that directory)",
+            "the fuzz target {target} failed ({status}) after {:.0?}; the input that broke it \
+             is under crates/hpk-net-daemon/fuzz/artifacts/{target}/ (replay it with \
+             `cargo fuzz run --sanitizer none {target} <file>` in that directory)",
             started.elapsed()
         );
     }

@@ -18,7 +18,8 @@ tasks:
   test [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
                     too when this is root with /dev/net/tun (else reported ignored);
-                    then fuzzes the relay's frame decoder for HPK_FUZZ_SECONDS (60)
+                    then fuzzes the relay's frame decoder and source filter for
+                    HPK_FUZZ_SECONDS (30) each
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
@@ -27,6 +28,8 @@ tasks:
                     static release executables (dist/x86_64, dist/aarch64 when
                     that target is installed) with SHA256SUMS, man pages and
                     shell completions; --check verifies them (not part of test)
+  fuzz [SECONDS]    the fuzz targets alone, SECONDS each (default 30), for long
+                    runs by hand; installs cargo-fuzz when missing
   help              this text
 ";
 
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("dist") => dist::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

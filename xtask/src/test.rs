@@ -42,9 +42,9 @@ pub fn run(args: &[String]) -> Result<()> {
     test.args(passthrough);
     prereq::run(&mut test)?;
 
-    if let Some(fuzzed) = crate::fuzz::bounded(install)? {
+    for fuzzed in crate::fuzz::bounded(install)?.unwrap_or_default() {
         use hpk_testbed::report::{kind, record_detail};
-        let what = format!("frame_reader, {} s", fuzzed.seconds);
+        let what = format!("{}, {} s", fuzzed.target, fuzzed.seconds);
         record_detail(kind::FUZZ_ITERATIONS, fuzzed.runs, &what);
     }
     if privileged {
