@@ -8,11 +8,14 @@
 //! nightly compiler, and the decoder is safe Rust, where the fuzzer's job is
 //! to find panics and broken invariants, which the target asserts.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use hpk_testbed::report::{Fact, kind};
 
 use crate::prereq;
 
@@ -23,6 +26,8 @@ use crate::prereq;
 const TARGETS: &[(&str, usize)] = &[("frame_reader", 16_384), ("source_filter", 9_018)];
 /// Default length of each target's run; `HPK_FUZZ_SECONDS` overrides it.
 const DEFAULT_SECONDS: u64 = 30;
+/// The same in the reliability suite's long form.
+const LONG_SECONDS: u64 = 300;
 
 /// What one target's bounded run did.
 pub struct Outcome {
@@ -34,27 +39,53 @@ pub struct Outcome {
 /// `cargo xtask fuzz [SECONDS]`: every target for SECONDS (default
 /// `HPK_FUZZ_SECONDS`, else 30) each, for long runs by hand.
 pub fn run(args: &[String]) -> Result<()> {
-    if let Some(seconds) = args.first() {
-        seconds
-            .parse::<u64>()
-            .with_context(|| format!("{seconds:?} is not a number of seconds"))?;
-        // SAFETY: xtask is single-threaded here; nothing reads the
-        // environment concurrently.
-        unsafe { std::env::set_var("HPK_FUZZ_SECONDS", seconds) };
-    }
-    for outcome in bounded(true)?.unwrap_or_default() {
-        hpk_testbed::report::record_detail(
-            hpk_testbed::report::kind::FUZZ_ITERATIONS,
-            outcome.runs,
-            &format!("{}, {} s", outcome.target, outcome.seconds),
-        );
+    let seconds = match args.first() {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("{text:?} is not a number of seconds"))?,
+        None => seconds(DEFAULT_SECONDS)?,
+    };
+    bounded(true, seconds)?;
+    Ok(())
+}
+
+/// The bounded run of `cargo xtask test` (the long one with
+/// `--reliability`), its iterations appended to the reliability report.
+pub fn bounded_into(report: &Path, install: bool, long: bool) -> Result<()> {
+    let seconds = seconds(if long { LONG_SECONDS } else { DEFAULT_SECONDS })?;
+    for outcome in bounded(install, seconds)?.unwrap_or_default() {
+        let fact = Fact {
+            kind: kind::FUZZ_ITERATIONS.into(),
+            value: outcome.runs,
+            detail: Some(format!("{} {} s", outcome.target, outcome.seconds)),
+            test: Some("xtask fuzz".into()),
+            pid: std::process::id(),
+        };
+        let mut line = serde_json::to_vec(&fact).expect("a fact serialises");
+        line.push(b'\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(report)
+            .and_then(|mut file| file.write_all(&line))
+            .with_context(|| format!("append to {}", report.display()))?;
     }
     Ok(())
 }
 
+/// `HPK_FUZZ_SECONDS`, else `default`.
+fn seconds(default: u64) -> Result<u64> {
+    match std::env::var("HPK_FUZZ_SECONDS") {
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("HPK_FUZZ_SECONDS={text:?} is not a number of seconds")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// Runs each fuzz target for the configured time; `None` when cargo-fuzz
 /// is missing and installing is not allowed (reported as skipped).
-pub fn bounded(install: bool) -> Result<Option<Vec<Outcome>>> {
+fn bounded(install: bool, seconds: u64) -> Result<Option<Vec<Outcome>>> {
     if !have_cargo_fuzz() {
         if !install {
             eprintln!("xtask: fuzz: SKIPPED (cargo-fuzz is missing and --no-install was given)");
@@ -68,12 +99,6 @@ pub fn bounded(install: bool) -> Result<Option<Vec<Outcome>>> {
             started.elapsed()
         );
     }
-    let seconds = match std::env::var("HPK_FUZZ_SECONDS") {
-        Ok(text) => text
-            .parse()
-            .with_context(|| format!("HPK_FUZZ_SECONDS={text:?} is not a number of seconds"))?,
-        Err(_) => DEFAULT_SECONDS,
-    };
     let mut outcomes = Vec::new();
     for &(target, max_len) in TARGETS {
         let runs = run_target(target, max_len, seconds)?;

@@ -7,6 +7,7 @@ mod dist;
 mod fuzz;
 mod interrupt;
 mod prereq;
+mod reliability;
 mod test;
 
 use std::process::ExitCode;
@@ -15,11 +16,14 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  test [--no-install] [-- CARGO TEST ARGS]
+  test [--reliability] [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
                     too when this is root with /dev/net/tun (else reported ignored);
                     then fuzzes the relay's frame decoder and source filter for
-                    HPK_FUZZ_SECONDS (30) each
+                    HPK_FUZZ_SECONDS each (30; 300 with --reliability);
+                    ends with the reliability summary (kill points, kills,
+                    concurrent runs, fuzz iterations, leaks found). --reliability
+                    runs only the reliability suite, in its long form
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside

@@ -62,22 +62,39 @@ impl Supervisor {
 
     /// Starts `command` and supervises it until it ends; returns its exit
     /// status the way a shell reports it (128+n when killed by signal n).
+    ///
+    /// The command dies with this process: when apptainer is killed, the
+    /// kernel kills the client (its parent-death signal), and without the
+    /// same signal here the user's command would live on as an orphan with
+    /// no network, holding whatever the container held.
     pub async fn run(self, command: &[OsString]) -> Result<i32> {
         let (program, args) = command.split_first().context("empty command")?;
         let mut built = Command::new(program);
         built.args(args);
+        die_with_parent(&mut built);
         self.run_command(built).await
     }
 
     /// Like [`run`](Self::run), for a command built by the caller (with its
     /// own environment or `pre_exec` steps).
-    pub async fn run_command(mut self, mut command: Command) -> Result<i32> {
+    pub async fn run_command(self, command: Command) -> Result<i32> {
+        self.run_command_then(command, |_| {}).await
+    }
+
+    /// Like [`run_command`](Self::run_command), calling `started` with the
+    /// command's pid once it runs and before any signal is forwarded.
+    pub async fn run_command_then(
+        mut self,
+        mut command: Command,
+        started: impl FnOnce(Pid),
+    ) -> Result<i32> {
         let child = command
             .spawn()
             .with_context(|| format!("start {}", command.get_program().to_string_lossy()))?;
         // The child is reaped by pid below, never through `Child::wait`.
         let pid = Pid::from_raw(child.id() as i32);
         info!(pid = pid.as_raw(), program = ?command.get_program(), "command started");
+        started(pid);
         loop {
             if let Some(status) = reap(pid, self.reap_orphans)? {
                 info!(status, "command ended");
@@ -99,6 +116,27 @@ impl Supervisor {
                 let _ = kill(pid, sig);
             }
         }
+    }
+}
+
+/// Makes the kernel SIGKILL the child started by `command` when this
+/// process's calling thread ends (parent-death signal), and ends the child
+/// at once if the parent is already gone. Call from the thread that lives
+/// as long as the process (the runtime's only thread): the signal follows
+/// the thread, not the process.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl, getppid and _exit are async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }
 

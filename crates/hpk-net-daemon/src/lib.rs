@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod filter;
+pub mod killpoint;
 pub mod relay;
 pub mod server;
 pub mod signals;

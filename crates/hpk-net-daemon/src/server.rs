@@ -110,6 +110,9 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     if let Some(control) = listeners.control.take() {
         tokio::spawn(stats::serve_control(control, stats.clone()));
     }
+    if crate::killpoint::compiled_in() {
+        tokio::spawn(crate::killpoint::watch_transfer(stats.clone()));
+    }
     // Handlers first: whoever waits for ready may send SIGTERM right away.
     let stop = StopSignals::install()?;
     signal_ready(ready)?;

@@ -328,7 +328,9 @@ fn hostile_streams_end_only_their_own_connection() {
     let (streams, breaches, verified) = std::thread::scope(|scope| {
         let background = scope.spawn(|| keep_transferring(&rig.bubble, &rig.container_b, &stop));
         let (mut streams, mut breaches) = (0u64, 0u64);
-        for _round in 0..8 {
+        // The reliability suite's long form plays eight times as many.
+        let rounds = if report::full() { 64 } else { 8 };
+        for _round in 0..rounds {
             for stream in generate(&mut rng) {
                 play(&rig.socket_a, &stream, &mut rng);
                 streams += 1;

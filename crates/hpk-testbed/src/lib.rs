@@ -8,6 +8,7 @@
 //! between namespaces made here.
 
 pub mod image;
+pub mod leaks;
 pub mod netns;
 pub mod overlay;
 pub mod process;

@@ -33,6 +33,17 @@ use serde::{Deserialize, Serialize};
 /// The variable naming the file facts are appended to.
 pub const ENV: &str = "HPK_RELIABILITY_REPORT";
 
+/// The variable `cargo xtask test --reliability` sets to ask for the long
+/// form of the suite; plain `cargo xtask test` (and CI) runs the bounded one.
+pub const FULL_ENV: &str = "HPK_RELIABILITY_FULL";
+
+/// Whether the long form was asked for: tests with an iteration count
+/// (fuzzing, repeated transfers) use their large count when this holds and a
+/// bounded one otherwise, and record the count they ran.
+pub fn full() -> bool {
+    std::env::var_os(FULL_ENV).is_some_and(|value| value == "1")
+}
+
 /// The kinds of facts the reliability summary knows by name.
 pub mod kind {
     /// A kill point was reached and the process stopped there (detail: the point).
@@ -59,6 +70,22 @@ pub mod kind {
     pub const PLANTED_LEAKS_DETECTED: &str = "planted_leaks_detected";
     /// Hostile or broken inputs refused with their own exit status.
     pub const HOSTILE_INPUTS: &str = "hostile_inputs";
+
+    /// Every kind above, in the order the summary prints them.
+    pub const ALL: &[&str] = &[
+        KILL_POINT_HIT,
+        PROCESS_KILLED,
+        CONCURRENT_RUNS,
+        HOSTILE_INPUTS,
+        FUZZ_ITERATIONS,
+        ADVERSARIAL_STREAMS,
+        SPOOF_ATTEMPTS,
+        SPOOF_DROPS,
+        BYTES_VERIFIED,
+        LEAK_CHECKS,
+        PLANTED_LEAKS_DETECTED,
+        LEAKS_FOUND,
+    ];
 }
 
 /// One measured fact, as stored in the report file.

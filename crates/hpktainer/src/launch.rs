@@ -13,7 +13,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use hpk_net_daemon::child::Supervisor;
+use hpk_net_daemon::child::{Supervisor, die_with_parent};
+use hpk_net_daemon::killpoint;
 use tracing::{info, warn};
 
 use crate::apptainer_args::{self, Action, Invocation};
@@ -166,23 +167,11 @@ async fn supervise(apptainer: &Path, argv: &[OsString], env: &[(String, String)]
         Supervisor::install().map_err(|err| Error::step("install signal handlers", err))?;
     supervisor
         .reap_command_only()
-        .run_command(command)
+        .run_command_then(command, |_| {
+            killpoint::reached(killpoint::AFTER_APPTAINER_STARTED)
+        })
         .await
         .map_err(|err| Error::step("run apptainer", format!("{err:#}")))
-}
-
-fn die_with_parent(command: &mut Command) {
-    let parent = std::process::id() as i32;
-    // SAFETY: prctl and getppid are async-signal-safe.
-    unsafe {
-        command.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
 }
 
 /// `instance start|run`: attach a network, start the instance with it, then

@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use hpk_ipam::{HostLocal, IpamConfig};
+use hpk_net_daemon::killpoint;
 use hpk_netconf::{Ipv4Net, MacAddr, Netlink};
 use tracing::{info, warn};
 
@@ -87,8 +88,12 @@ pub async fn attach(ctx: &Context, what: Attachment<'_>) -> Result<Record> {
     let lock = ctx.state.lock()?;
     reclaim_dead(ctx).await;
     ctx.state.write(&record)?;
+    killpoint::reached(killpoint::BEFORE_ALLOCATION);
     let allocated = allocate(ctx, &mut record).await;
     drop(lock);
+    if allocated.is_ok() {
+        killpoint::reached(killpoint::AFTER_ALLOCATION);
+    }
 
     let started = match allocated {
         Ok(()) => start_relay(ctx, &mut record, what.log_level),
@@ -98,6 +103,7 @@ pub async fn attach(ctx: &Context, what: Attachment<'_>) -> Result<Record> {
         release(ctx, &record).await;
         return Err(err);
     }
+    killpoint::reached(killpoint::AFTER_RELAY_STARTED);
     Ok(record)
 }
 
@@ -237,6 +243,11 @@ fn check_private(dir: &std::path::Path, strict: bool) -> Result<()> {
 /// Releases everything `record` names, going on past failures; returns
 /// what failed (also logged).
 pub async fn release(ctx: &Context, record: &Record) -> Vec<Error> {
+    release_marking(ctx, record, None).await
+}
+
+/// [`release`], reaching kill point `point` (if any) once the lease is deleted.
+async fn release_marking(ctx: &Context, record: &Record, point: Option<&str>) -> Vec<Error> {
     let mut failures = Vec::new();
     let mut releasing = record.clone();
     releasing.phase = Phase::Releasing;
@@ -260,6 +271,9 @@ pub async fn release(ctx: &Context, record: &Record) -> Vec<Error> {
         previous.as_ref(),
     ) {
         failures.push(err.into());
+    }
+    if let Some(point) = point {
+        killpoint::reached(point);
     }
     match std::fs::remove_dir_all(&record.socket_dir) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -304,7 +318,7 @@ pub async fn reclaim_dead(ctx: &Context) -> Reclaimed {
             RecordOrError::Record(record) if record.is_live() => outcome.live += 1,
             RecordOrError::Record(record) => {
                 info!(id = %record.id, "reclaiming what a dead container left");
-                release(ctx, &record).await;
+                release_marking(ctx, &record, Some(killpoint::DURING_GC)).await;
                 outcome.released.push(record.id.clone());
             }
             RecordOrError::Error { id, error } => {

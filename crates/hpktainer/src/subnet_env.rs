@@ -118,6 +118,19 @@ pub enum SubnetEnvError {
         subnet: Ipv4Net,
     },
 
+    /// The subnet is not one a container can be addressed from.
+    #[error(
+        "{}:{line}: {KEY_SUBNET} {subnet} is {kind}, not a unicast subnet: containers and \
+         their gateway need ordinary addresses; is this flannel's subnet.env?",
+        path.display()
+    )]
+    UnusableSubnet {
+        path: PathBuf,
+        line: usize,
+        subnet: Ipv4Net,
+        kind: &'static str,
+    },
+
     /// The MTU is not a number or out of range.
     #[error(
         "{}:{line}: {KEY_MTU}={value:?} must be a whole number from {MIN_MTU} to {MAX_MTU} \
@@ -188,6 +201,15 @@ impl SubnetEnv {
         let (network, _) = parser.required_cidr::<Ipv4Net>(KEY_NETWORK)?;
         let (subnet, subnet_line) = parser.required_cidr::<Ipv4Net>(KEY_SUBNET)?;
         parser.check_inside(KEY_SUBNET, subnet_line, &subnet, KEY_NETWORK, &network)?;
+        if let Some(kind) = not_unicast(&subnet) {
+            let path = origin.to_owned();
+            return Err(SubnetEnvError::UnusableSubnet {
+                path,
+                line: subnet_line,
+                subnet,
+                kind,
+            });
+        }
         if subnet.prefix_len() > MAX_PREFIX {
             let path = origin.to_owned();
             return Err(SubnetEnvError::SubnetTooSmall {
@@ -407,6 +429,24 @@ impl Contains for Ipv6Net {
     }
 }
 
+/// What kind of non-unicast range `subnet` touches, if any: the kernel
+/// refuses such a gateway address on the bridge, or routes it nowhere.
+fn not_unicast(subnet: &Ipv4Net) -> Option<&'static str> {
+    let (first, last) = (subnet.network(), subnet.broadcast());
+    let any = |test: fn(&Ipv4Addr) -> bool| test(&first) || test(&last);
+    if any(Ipv4Addr::is_multicast) {
+        Some("multicast")
+    } else if any(Ipv4Addr::is_loopback) {
+        Some("loopback")
+    } else if first.octets()[0] == 0 {
+        Some("in 0.0.0.0/8 (this host)")
+    } else if last.octets()[0] >= 240 {
+        Some("reserved (240.0.0.0/4 or broadcast)")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +620,25 @@ FLANNEL_IPMASQ=true
             parse(&text),
             Err(SubnetEnvError::SubnetOutsideNetwork { .. })
         ));
+    }
+
+    #[test]
+    fn subnets_that_are_not_unicast() {
+        for (network, subnet, kind) in [
+            ("224.0.0.0/4", "224.1.1.1/24", "multicast"),
+            ("127.0.0.0/8", "127.0.7.1/24", "loopback"),
+            ("0.0.0.0/8", "0.0.7.1/24", "this host"),
+            ("240.0.0.0/4", "250.0.7.1/24", "reserved"),
+        ] {
+            let text = GOOD
+                .replace("10.244.0.0/16", network)
+                .replace("10.244.3.1/24", subnet);
+            let err = message(&text);
+            assert!(
+                err.contains(kind) && err.contains(":2: FLANNEL_SUBNET"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

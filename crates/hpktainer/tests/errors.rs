@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Bubble, HPKTAINER, stderr};
+use hpk_testbed::report;
 use hpktainer::error;
 
 /// Runs `exec IMAGE true` with `adjust` applied; returns status and stderr.
@@ -25,7 +26,8 @@ fn missing_subnet_env_is_named_with_what_to_do() {
     });
     assert_eq!(code, i32::from(error::EXIT_NO_SUBNET_ENV), "{text}");
     assert!(text.contains("/nonexistent/subnet.env") && text.contains("HPKTAINER_SUBNET_ENV"));
-    assert_eq!(bubble.snapshot(), before);
+    bubble.assert_no_leaks(&before, "after the refused run");
+    report::record_detail(report::kind::HOSTILE_INPUTS, 1, "missing subnet.env");
 }
 
 #[test]
@@ -41,7 +43,8 @@ fn malformed_subnet_env_names_the_line() {
     let (code, text) = failing_run(&bubble, |_| {});
     assert_eq!(code, i32::from(error::EXIT_BAD_SUBNET_ENV), "{text}");
     assert!(text.contains("subnet.env:2"), "{text}");
-    assert_eq!(bubble.snapshot(), before);
+    bubble.assert_no_leaks(&before, "after the refused run");
+    report::record_detail(report::kind::HOSTILE_INPUTS, 1, "malformed subnet.env");
 }
 
 #[test]
@@ -83,7 +86,8 @@ fn missing_host_local_says_what_to_install() {
         text.contains("containernetworking-plugins") || text.contains("CNI_PATH"),
         "{text}"
     );
-    assert_eq!(bubble.snapshot(), before);
+    bubble.assert_no_leaks(&before, "after the refused run");
+    report::record_detail(report::kind::HOSTILE_INPUTS, 1, "host-local missing");
 }
 
 #[test]
@@ -96,7 +100,8 @@ fn missing_apptainer_is_reported_as_not_found() {
     });
     assert_eq!(code, i32::from(error::EXIT_NOT_FOUND), "{text}");
     assert!(text.contains("HPKTAINER_APPTAINER"), "{text}");
-    assert_eq!(bubble.snapshot(), before);
+    bubble.assert_no_leaks(&before, "after the refused run");
+    report::record_detail(report::kind::HOSTILE_INPUTS, 1, "apptainer missing");
 }
 
 #[test]
@@ -125,5 +130,6 @@ fn a_users_own_network_options_are_refused() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(i32::from(error::EXIT_USAGE)));
-    assert_eq!(bubble.snapshot(), before);
+    bubble.assert_no_leaks(&before, "after the refused run");
+    report::record_detail(report::kind::HOSTILE_INPUTS, 1, "user network options");
 }

@@ -50,7 +50,7 @@ fn the_container_has_its_address_route_mtu_and_mac_and_reaches_the_gateway() {
         "route: {text}"
     );
     assert!(text.contains("1 packets received"), "ping: {text}");
-    assert_eq!(bubble.snapshot(), before, "nothing left behind");
+    bubble.assert_no_leaks(&before, "nothing left behind");
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn tcp_from_the_container_arrives_intact_and_crosses_the_relay() {
 
     let status = container.stop(Signal::SIGTERM);
     assert_eq!(shell_status(status), 143, "SIGTERM reached the container");
-    assert_eq!(bubble.snapshot(), before, "nothing left behind");
+    bubble.assert_no_leaks(&before, "nothing left behind");
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn exit_statuses_pass_through() {
         bubble.exec(&[], &["sh", "-c", script]).status.code(),
         Some(143)
     );
-    assert_eq!(bubble.snapshot(), before, "nothing left behind");
+    bubble.assert_no_leaks(&before, "nothing left behind");
 }
 
 #[test]

@@ -1,14 +1,14 @@
 //! A test bubble for hpktainer's end-to-end tests: a network namespace with
 //! its own subnet.env, run dir, CNI data dir, a busybox image and the
-//! stand-in apptainer, plus a snapshot of everything hpktainer may leave.
+//! stand-in apptainer, plus the leak detector's scope for it.
 
 #![allow(dead_code)] // each test file uses a different part of it
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use hpk_testbed::Netns;
+use hpk_testbed::leaks::{self, Kind, Scope, Snapshot};
 
 pub const HPKTAINER: &str = env!("CARGO_BIN_EXE_hpktainer");
 
@@ -76,79 +76,42 @@ impl Bubble {
         self.hpktainer(&words).output().unwrap()
     }
 
+    /// What the leak detector covers in this bubble; the bridge and
+    /// hpktainer's masquerade rule stay by design (gc --all removes them).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            netns: self.ns.name().to_owned(),
+            leases: self.path("cni/hpktainer"),
+            socket_dirs: self.path("run/s"),
+            records: self.path("run/containers"),
+            marker: self.dir.path().to_path_buf(),
+            persistent: vec![
+                "hpk-bridge".into(),
+                "hpktainer: masquerade".into(),
+                // The same rule as nft lists it (without the comment).
+                "ip saddr 10.244.7.0/24 ip daddr != 10.244.0.0/16".into(),
+            ],
+        }
+    }
+
     /// Everything hpktainer creates and must remove again.
     pub fn snapshot(&self) -> Snapshot {
-        let mut links: BTreeSet<String> = BTreeSet::new();
-        for line in self.ns.sh("ip -o link show").lines() {
-            let name = line.split(':').nth(1).unwrap_or("").trim();
-            // The bridge stays by design (gc --all removes it).
-            if name != "hpk-bridge" {
-                links.insert(name.split('@').next().unwrap().to_owned());
-            }
-        }
-        Snapshot {
-            links,
-            leases: leases(&self.path("cni/hpktainer")),
-            files: files_under(&self.path("run")),
-            processes: processes_mentioning(self.dir.path()),
-        }
+        Snapshot::take(&self.scope())
     }
-}
 
-/// What the leak check compares.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    pub links: BTreeSet<String>,
-    pub leases: BTreeSet<String>,
-    pub files: BTreeSet<String>,
-    pub processes: BTreeSet<String>,
-}
-
-/// host-local's lease files (its lock and last-reserved bookkeeping aside).
-fn leases(dir: &Path) -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|name| name != "lock" && !name.starts_with("last_reserved_ip"))
-        .collect()
-}
-
-/// Files (not directories) below `dir`, except the lock file.
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(next) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&next) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.file_name().is_some_and(|n| n != "lock") {
-                found.insert(path.display().to_string());
-            }
-        }
+    /// Panics listing every leak unless the bubble is back to `before`
+    /// (within the detector's settling time).
+    pub fn assert_no_leaks(&self, before: &Snapshot, what: &str) {
+        leaks::assert_unchanged(&self.scope(), before, what);
     }
-    found
-}
 
-/// Processes whose command line mentions `dir` (relays, stand-ins).
-fn processes_mentioning(dir: &Path) -> BTreeSet<String> {
-    let needle = dir.display().to_string();
-    let mut found = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(&needle) {
-            found.insert(format!("{} {text}", entry.file_name().to_string_lossy()));
-        }
+    /// The bubble's processes (relays, stand-ins, containers) right now.
+    pub fn processes(&self) -> Vec<String> {
+        self.snapshot()
+            .of(Kind::Process)
+            .map(str::to_owned)
+            .collect()
     }
-    found
 }
 
 /// stdout as text.
