@@ -69,6 +69,11 @@ pub const TEST_TOOLS: &[Tool] = &[
         path: "/usr/bin/man",
         package: "man-db",
     },
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    Tool {
+        path: "/usr/bin/g++",
+        package: "g++",
+    },
 ];
 
 /// Installs the packages of missing `tools` (root on Debian/Ubuntu), or
