@@ -37,8 +37,9 @@ pub const AFTER_APPTAINER_STARTED: &str = "after-apptainer-started";
 /// The relay server has passed [`MID_TRANSFER_BYTES`] from the container
 /// to the bridge since it started.
 pub const MID_TRANSFER: &str = "mid-transfer";
-/// `gc` has judged a record dead and deleted its lease, but not yet removed
-/// its socket directory and record.
+/// Reclamation has judged a record dead and deleted its lease, but not yet
+/// removed its socket directory and record. `gc` reclaims, and so does every
+/// `run` before it allocates, so a run passes here too when a dead record exists.
 pub const DURING_GC: &str = "during-gc";
 
 /// How far a transfer gets before the relay stops at [`MID_TRANSFER`].

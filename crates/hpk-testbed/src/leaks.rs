@@ -25,7 +25,7 @@
 
 mod collect;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,10 +82,23 @@ impl fmt::Display for Kind {
 }
 
 /// Everything of the scope that exists at one moment, as (kind, item) pairs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// A process is identified by pid and start time alone (`PID/START`): an
+/// exec changes its name and command line, not what it is. What it was
+/// running is kept beside, in `notes`, for the report, and is not compared.
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub items: BTreeSet<(Kind, String)>,
+    pub notes: BTreeMap<String, String>,
 }
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        self.items == other.items
+    }
+}
+
+impl Eq for Snapshot {}
 
 /// One difference between two snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +108,8 @@ pub struct Leak {
     /// True when the item is new (left behind); false when it vanished
     /// (something that should have stayed, such as a live container's relay).
     pub appeared: bool,
+    /// What a process was running, when the item is one.
+    pub note: Option<String>,
 }
 
 impl fmt::Display for Leak {
@@ -104,7 +119,11 @@ impl fmt::Display for Leak {
         } else {
             "vanished"
         };
-        write!(f, "{} {change}: {}", self.kind, self.item)
+        write!(f, "{} {change}: {}", self.kind, self.item)?;
+        match &self.note {
+            Some(note) => write!(f, " {note}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -113,6 +132,11 @@ impl Snapshot {
     /// `ip`/`iptables` commands this runs in the namespace are not among them.
     pub fn take(scope: &Scope) -> Self {
         let mut items = BTreeSet::new();
+        let mut notes = BTreeMap::new();
+        for (id, note) in collect::processes(scope) {
+            items.insert((Kind::Process, id.clone()));
+            notes.insert(id, note);
+        }
         let mut add = |kind: Kind, found: Vec<String>| {
             for item in found {
                 if !scope.persistent.iter().any(|p| item.contains(p.as_str())) {
@@ -120,7 +144,6 @@ impl Snapshot {
                 }
             }
         };
-        add(Kind::Process, collect::processes(scope));
         add(Kind::Link, collect::links(&scope.netns));
         add(Kind::Address, collect::addresses(&scope.netns));
         add(Kind::Route, collect::routes(&scope.netns));
@@ -129,7 +152,7 @@ impl Snapshot {
         add(Kind::StateRecord, collect::entries(&scope.records));
         add(Kind::IptablesRule, collect::iptables_rules(&scope.netns));
         add(Kind::NftRule, collect::nft_rules(&scope.netns));
-        Snapshot { items }
+        Snapshot { items, notes }
     }
 
     /// The differences from `self` (before) to `after`.
@@ -142,6 +165,7 @@ impl Snapshot {
                 kind: *kind,
                 item: item.clone(),
                 appeared,
+                note: after.notes.get(item).or(self.notes.get(item)).cloned(),
             })
             .collect()
     }

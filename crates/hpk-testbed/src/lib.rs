@@ -1,6 +1,7 @@
 //! Support for hpktainer's privileged tests and its demo: network
-//! namespaces the test owns, processes that die with their guard, and
-//! verified TCP transfers. Never shipped.
+//! namespaces the test owns, processes that die with their guard,
+//! verified TCP transfers, the leak detector ([`leaks`]) and the measured
+//! facts behind the reliability summary ([`report`]). Never shipped.
 //!
 //! Everything made here is made by the test itself, named uniquely
 //! (`hpkt-<tag>-<pid>-<n>`), and removed by its guard, so tests run side by

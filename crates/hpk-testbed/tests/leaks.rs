@@ -174,7 +174,7 @@ fn processes_of_the_bubble_are_found_by_namespace_marker_and_ancestry() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let found = loop {
         let leaks = before.diff(&Snapshot::take(&rig.scope));
-        let found: Vec<String> = leaks.iter().map(|l| l.item.clone()).collect();
+        let found: Vec<String> = leaks.iter().map(|l| l.to_string()).collect();
         // The shell's child appears a moment after the shell.
         if found.len() >= 3 || std::time::Instant::now() >= deadline {
             assert!(leaks.iter().all(|l| l.kind == Kind::Process), "{leaks:?}");
@@ -184,9 +184,7 @@ fn processes_of_the_bubble_are_found_by_namespace_marker_and_ancestry() {
     };
     for pid in expected {
         assert!(
-            found
-                .iter()
-                .any(|item| item.starts_with(&format!("{pid}/"))),
+            found.iter().any(|item| item.contains(&format!(": {pid}/"))),
             "{pid} not reported: {found:?}"
         );
     }
@@ -199,7 +197,7 @@ fn processes_of_the_bubble_are_found_by_namespace_marker_and_ancestry() {
     assert!(
         !found
             .iter()
-            .any(|i| i.contains(&format!("{}/", other.pid()))),
+            .any(|i| i.contains(&format!(": {}/", other.pid()))),
         "{found:?}"
     );
     assert_eq!(found.len(), 3, "{found:?}");
@@ -208,7 +206,8 @@ fn processes_of_the_bubble_are_found_by_namespace_marker_and_ancestry() {
     drop((in_ns, marked, other));
     // The shell's orphaned child goes on: kill it by the pid the detector found.
     for item in &found {
-        let pid: i32 = item.split('/').next().unwrap().parse().unwrap();
+        let pid = item.split(": ").nth(1).unwrap().split('/').next().unwrap();
+        let pid: i32 = pid.parse().unwrap();
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
     }
     hpk_testbed::leaks::assert_unchanged(&rig.scope, &before, "after killing the plants");

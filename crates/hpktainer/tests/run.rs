@@ -75,6 +75,7 @@ fn tcp_from_the_container_arrives_intact_and_crosses_the_relay() {
         Proc::spawn_until("container", bubble.hpktainer(&words), |line| line == "sent");
 
     assert_eq!(receiver.digest().unwrap(), transfer::expected(len, 7));
+    hpk_testbed::report::record(hpk_testbed::report::kind::BYTES_VERIFIED, len);
     let ps = bubble.hpktainer(&["ps", "--json"]).output().unwrap();
     let entries: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     let counted = entries[0]["counters"]["socket_to_tap"]["bytes"]

@@ -149,9 +149,9 @@ struct ProcInfo {
     mentions_marker: bool,
 }
 
-/// `PID/START COMM: CMDLINE` for the scope's processes: those in its
+/// `(PID/START, "COMM: CMDLINE")` for the scope's processes: those in its
 /// network namespace or mentioning its marker, and their descendants.
-pub fn processes(scope: &Scope) -> Vec<String> {
+pub fn processes(scope: &Scope) -> Vec<(String, String)> {
     let netns = Path::new("/run/netns").join(&scope.netns);
     let bubble_net = std::fs::metadata(&netns).ok().map(|meta| meta.ino());
     let marker = scope.marker.display().to_string();
@@ -185,7 +185,10 @@ pub fn processes(scope: &Scope) -> Vec<String> {
             let info = &table[pid];
             let mut cmdline = info.cmdline.clone();
             cmdline.truncate(160);
-            format!("{pid}/{} {}: {cmdline}", info.start, info.comm)
+            (
+                format!("{pid}/{}", info.start),
+                format!("({}: {cmdline})", info.comm),
+            )
         })
         .collect()
 }
