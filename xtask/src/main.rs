@@ -1,9 +1,10 @@
-//! `cargo xtask`: the project's tasks — test, demo, bench, dist, images — as one program,
+//! `cargo xtask`: the project's tasks — test, demo, bench, dist, images, fuzz — as one program,
 //! so a fresh machine needs nothing but cargo to run them.
 
 mod bench;
 mod demo;
 mod dist;
+mod fuzz;
 mod images;
 mod interrupt;
 mod prereq;
@@ -21,9 +22,11 @@ tasks:
   test [--reliability] [--no-install] [-- CARGO TEST ARGS]
                     build everything and run every test; privileged tests run
                     too when this is root with /dev/net/tun (else reported ignored);
+                    then fuzzes the relay's frame decoder and source filter for
+                    HPK_FUZZ_SECONDS each (30; 300 with --reliability);
                     ends with the reliability summary (kill points, kills,
-                    concurrent runs, leaks found). --reliability runs only the
-                    reliability suite, in its long form
+                    concurrent runs, fuzz iterations, leaks found). --reliability
+                    runs only the reliability suite, in its long form
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
@@ -36,6 +39,8 @@ tasks:
                     with a Docker engine: both images with buildx (amd64, arm64),
                     tagged VERSION and latest under $REGISTRY; without one: the
                     hpktainer-base OCI archive for this host in dist/images/
+  fuzz [SECONDS]    the fuzz targets alone, SECONDS each (default 30), for long
+                    runs by hand; installs cargo-fuzz when missing
   help              this text
 ";
 
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("dist") => dist::run(&args[1..]),
         Some("images") => images::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{USAGE}");
             Ok(())

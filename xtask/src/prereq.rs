@@ -38,6 +38,10 @@ pub const TEST_TOOLS: &[Tool] = &[
         package: "util-linux",
     },
     Tool {
+        path: "/usr/bin/setpriv",
+        package: "util-linux",
+    },
+    Tool {
         path: "/usr/sbin/iptables",
         package: "iptables",
     },
@@ -68,6 +72,11 @@ pub const TEST_TOOLS: &[Tool] = &[
     Tool {
         path: "/usr/bin/skopeo",
         package: "skopeo",
+    },
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    Tool {
+        path: "/usr/bin/g++",
+        package: "g++",
     },
 ];
 

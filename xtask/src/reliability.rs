@@ -22,6 +22,10 @@ pub const SUITE: &[&str] = &[
     "hostile",
     "errors",
     "lifecycle",
+    "adversarial",
+    "isolation",
+    "integrity",
+    "relay",
 ];
 
 /// Where this run's facts go (emptied at the start of a run).

@@ -66,6 +66,8 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     test.args(passthrough);
     let tests = prereq::run(&mut test);
+    // Its iterations join the summary; a failure fails the task like a test.
+    let fuzzed = crate::fuzz::bounded_into(&report, install, suite_only);
 
     if privileged {
         // Filters passed through may leave parts of the suite out.
@@ -75,9 +77,11 @@ pub fn run(args: &[String]) -> Result<()> {
         };
         let judged = reliability::summarize(&report, expect);
         tests?;
+        fuzzed?;
         judged?;
         eprintln!("xtask: all tests passed, privileged ones included");
         return Ok(());
     }
-    tests
+    tests?;
+    fuzzed
 }

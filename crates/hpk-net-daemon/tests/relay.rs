@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use hpk_net_daemon::codec::{FrameReader, MAX_FRAME};
 use hpk_net_daemon::stats::StatsSnapshot;
+use hpk_testbed::report::{self, kind};
 use hpk_testbed::transfer::{self, Receiver};
 use hpk_testbed::{Netns, Proc};
 use nix::sys::signal::Signal;
@@ -292,6 +293,8 @@ fn spoofed_frames_never_reach_the_bridge() {
     assert!(answered, "the honest ARP request was answered");
     let stats = rig.stats();
     assert_eq!(stats.spoofed, 2, "{stats:?}");
+    report::record(kind::SPOOF_ATTEMPTS, 2);
+    report::record(kind::SPOOF_DROPS, stats.spoofed);
     assert!(stats.socket_to_tap.frames >= 1, "{stats:?}");
     let neighbours = rig.bubble.sh("ip neigh show dev br0");
     assert!(

@@ -185,13 +185,59 @@ fn allowed_source(record: &Record) -> Result<(&str, Ipv4Addr)> {
     }
 }
 
+/// Makes a container's socket directory: new, owned by this user (the
+/// container's: apptainer runs it as the user who runs hpktainer), mode
+/// 0700, inside a parent no other user can write. The relay's sockets are
+/// 0600 as well, but only from just after `bind` (whose mode follows the
+/// umask), so the directory is what keeps another user from connecting.
 fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|err| Error::step(format!("create {}", dir.display()), err))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = dir.parent().expect("a socket directory has a parent");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder
+        .create(parent)
+        .map_err(|err| Error::step(format!("create {}", parent.display()), err))?;
+    check_private(parent, false)?;
+
+    // Not recursive: the id is fresh, so an existing directory was planted.
+    builder.recursive(false);
+    builder.create(dir).map_err(|err| {
+        let why = if err.kind() == std::io::ErrorKind::AlreadyExists {
+            "it exists already, made by someone else; remove it".to_owned()
+        } else {
+            err.to_string()
+        };
+        Error::step(format!("create socket directory {}", dir.display()), why)
+    })?;
+    // The umask may have taken bits away; this user must keep all of them.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| Error::step(format!("make {} private", dir.display()), err))?;
+    check_private(dir, true)?;
+    Ok(())
+}
+
+/// Refuses a directory another user owns or may write (`strict`: may
+/// enter or read, too), so nobody else can reach or swap a socket in it.
+fn check_private(dir: &std::path::Path, strict: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let op = || format!("check socket directory {}", dir.display());
+    let meta = std::fs::symlink_metadata(dir).map_err(|err| Error::step(op(), err))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let open_bits = if strict { 0o077 } else { 0o022 };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & open_bits != 0 {
+        return Err(Error::step(
+            op(),
+            format!(
+                "it must be a directory of uid {me} that no other user can {}, but it is uid {} \
+                 with mode {:o}; fix or remove it, or choose another --run-dir",
+                if strict { "enter" } else { "write" },
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Releases everything `record` names, going on past failures; returns
@@ -300,4 +346,50 @@ fn check_socket_path(settings: &Settings) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_socket_directory_is_new_and_private_to_its_user() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = run.path().join("s").join("0123456789ab");
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(dir.parent().unwrap()), 0o700);
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), me);
+    }
+
+    #[test]
+    fn a_planted_socket_directory_is_refused() {
+        let run = tempfile::tempdir().unwrap();
+        let dir = run.path().join("s").join("0123456789ab");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_private_dir(&dir).unwrap_err().to_string();
+        assert!(err.contains("exists already"), "{err}");
+        assert_eq!(mode(&dir), 0o777, "left as found");
+    }
+
+    #[test]
+    fn a_parent_others_may_write_is_refused() {
+        let run = tempfile::tempdir().unwrap();
+        let parent = run.path().join("s");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = create_private_dir(&parent.join("0123456789ab"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no other user can write"), "{err}");
+        assert!(!parent.join("0123456789ab").exists());
+    }
 }

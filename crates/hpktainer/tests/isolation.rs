@@ -81,3 +81,97 @@ fn mac_of(address: &str) -> String {
         octets[0], octets[1], octets[2], octets[3]
     )
 }
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn another_user_cannot_reach_a_containers_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let bubble = Bubble::new();
+    let (container, _) = start(&bubble, "container", "echo up=1", "up=");
+    let sockets = bubble.path("run").join("s");
+    let dirs: Vec<_> = std::fs::read_dir(&sockets)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let [dir] = dirs.as_slice() else {
+        panic!(
+            "expected one socket directory under {}: {dirs:?}",
+            sockets.display()
+        );
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o7777;
+    assert_eq!(
+        std::fs::metadata(dir).unwrap().uid(),
+        me,
+        "owned by the container's user"
+    );
+    assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    let relay = dir.join("s");
+    let control = dir.join("s.ctl");
+    for socket in [&relay, &control] {
+        assert_eq!(mode(socket), 0o600, "{}", socket.display());
+        assert!(std::fs::metadata(socket).unwrap().permissions().mode() & 0o170000 == 0o140000);
+    }
+
+    // Control: uid 65534 does connect where permissions let it, so the
+    // refusals below are the socket directory's doing.
+    let open = tempfile::Builder::new()
+        .prefix("hko")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(open.path().join("s")).unwrap();
+    std::fs::set_permissions(
+        open.path().join("s"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let (ok, said) = connect_as(Some(65534), &open.path().join("s"));
+    assert!(ok, "uid 65534 connects to an open socket: {said}");
+    drop(listener);
+
+    // The container's user reaches the control socket (the relay socket is
+    // left alone: a connection there would displace the container).
+    let (ok, said) = connect_as(None, &control);
+    assert!(ok, "the owner connects: {said}");
+    for socket in [&relay, &control] {
+        let (ok, said) = connect_as(Some(65534), socket);
+        assert!(!ok, "uid 65534 connected to {}", socket.display());
+        assert!(said.contains("Permission denied"), "{said}");
+    }
+    assert!(
+        bubble.ns.ping(&address_of(&bubble), 1),
+        "the container is still reachable"
+    );
+    container.stop(Signal::SIGTERM);
+}
+
+/// Runs `hpk-probe connect SOCKET` as root or, with setpriv, as `uid`
+/// (its own group, no supplementary groups); returns success and stderr.
+fn connect_as(uid: Option<u32>, socket: &std::path::Path) -> (bool, String) {
+    let probe = hpk_testbed::bin_path("hpk-probe");
+    let mut command = match uid {
+        Some(uid) => {
+            let mut command = std::process::Command::new("setpriv");
+            command
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg(&probe);
+            command
+        }
+        None => std::process::Command::new(&probe),
+    };
+    let output = command.arg("connect").arg(socket).output().unwrap();
+    (output.status.success(), stderr(&output))
+}
+
+/// The address of the bubble's one container, from `hpktainer ps`.
+fn address_of(bubble: &Bubble) -> String {
+    let ps = bubble.hpktainer(&["ps", "--json"]).output().unwrap();
+    let entries: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let address = entries[0]["address"].as_str().unwrap();
+    address.split('/').next().unwrap().to_owned()
+}

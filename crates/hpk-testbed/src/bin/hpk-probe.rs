@@ -4,8 +4,10 @@
 //!
 //!   hpk-probe send HOST:PORT LEN SEED   sends LEN bytes of the sequence SEED
 //!   hpk-probe recv PORT                  takes one connection, digests it
+//!   hpk-probe connect PATH               connects to a UNIX socket and closes
 //!
-//! Both print `len=<bytes> hash=<hex> peer=<addr>` on success.
+//! `send` and `recv` print `len=<bytes> hash=<hex> peer=<addr>` on success,
+//! `connect` prints `connected`; failures print the OS error on stderr.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
@@ -16,10 +18,15 @@ use hpk_testbed::transfer::{self, Digest};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let ["connect", path] = words.as_slice() {
+        return connect(path);
+    }
     let result = match words.as_slice() {
         ["send", dest, len, seed] => send(dest, len, seed),
         ["recv", port] => recv(port),
-        _ => Err("usage: hpk-probe send HOST:PORT LEN SEED | hpk-probe recv PORT".into()),
+        _ => {
+            Err("usage: hpk-probe send HOST:PORT LEN SEED | recv PORT | connect SOCKET-PATH".into())
+        }
     };
     match result {
         Ok((digest, peer)) => {
@@ -46,4 +53,18 @@ fn recv(port: &str) -> Outcome {
     let listener = TcpListener::bind(("0.0.0.0", port.parse::<u16>()?))?;
     let (mut stream, peer) = listener.accept()?;
     Ok((transfer::receive_from(&mut stream)?, peer))
+}
+
+/// Whether this process (as whichever user runs it) may connect to `path`.
+fn connect(path: &str) -> ExitCode {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => {
+            println!("connected");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("hpk-probe: connect {path}: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
