@@ -13,6 +13,8 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod filter;
+pub mod hello;
+pub mod negotiate;
 pub mod relay;
 pub mod server;
 pub mod signals;
