@@ -186,8 +186,13 @@ impl Peer {
         debug!("peer connected");
         negotiate::size_socket_buffers(&stream);
         let mut reader = relay::new_reader();
-        let hello =
-            negotiate::server(&stream, &self.tap, self.mac, self.offload.is_on(), &mut reader);
+        let hello = negotiate::server(
+            &stream,
+            &self.tap,
+            self.mac,
+            self.offload.is_on(),
+            &mut reader,
+        );
         let framing = match hello.await {
             Ok((framing, offer)) => {
                 info!(
@@ -210,7 +215,14 @@ impl Peer {
         };
         self.stats.negotiated(framing);
         let filter = self.filter.as_deref();
-        let end = relay::run(&self.tap, &stream, &self.stats, filter, framing, &mut reader);
+        let end = relay::run(
+            &self.tap,
+            &stream,
+            &self.stats,
+            filter,
+            framing,
+            &mut reader,
+        );
         match end.await {
             ConnectionEnd::PeerClosed => info!("peer disconnected"),
             ConnectionEnd::Protocol(err) => {

@@ -91,11 +91,9 @@ impl Rig {
         bubble.ip("link set vo0 up");
         outside.ip(&format!("addr add {OUTSIDE}/24 dev eth0"));
         outside.ip("link set eth0 up");
-        bubble.sh(
-            "sysctl -qw net.ipv4.ip_forward=1 && \
+        bubble.sh("sysctl -qw net.ipv4.ip_forward=1 && \
              iptables -t nat -A POSTROUTING -s 10.98.0.0/24 -o vo0 -j MASQUERADE && \
-             ethtool -K vn0 tx off tso off gso off && ethtool -K vo0 tx off tso off gso off",
-        );
+             ethtool -K vn0 tx off tso off gso off && ethtool -K vo0 tx off tso off gso off");
         neighbour.sh("ethtool -K eth0 rx off");
         outside.sh("ethtool -K eth0 rx off");
     }
@@ -138,7 +136,14 @@ impl Rig {
 fn start_client(container: &Netns, socket: &std::path::Path, extra: &[&str]) -> Proc {
     let mut command = container.command(DAEMON);
     command.arg("client").arg("--socket").arg(socket);
-    command.args(["--address", CONTAINER, "--gateway", GATEWAY, "--mtu", "1500"]);
+    command.args([
+        "--address",
+        CONTAINER,
+        "--gateway",
+        GATEWAY,
+        "--mtu",
+        "1500",
+    ]);
     command.args(extra);
     command.args(["--", "sh", "-c", "echo up; exec sleep 600"]);
     Proc::spawn_until_line("relay client", command, "up")
@@ -202,7 +207,11 @@ fn tcp_with_clean_checksums(rig: &Rig, receiver: &Netns, dest: SocketAddr, len: 
     let before = csum_errors(receiver);
     let listening = Receiver::listen(receiver, dest);
     let sent = transfer::send(&rig.container, dest, len, 21).unwrap();
-    assert_eq!(listening.digest().unwrap(), sent, "bytes changed on the way");
+    assert_eq!(
+        listening.digest().unwrap(),
+        sent,
+        "bytes changed on the way"
+    );
     assert_eq!(
         csum_errors(receiver),
         before,
@@ -235,7 +244,10 @@ fn offload_off_on_the_server_agrees_plain() {
     rig.start_client(&[]);
     let stats = rig.wait_for_framing(0);
     assert_eq!(stats.framing.offloads, 0);
-    assert!(!tso_on(&rig.container), "a plain agreement must turn TSO off");
+    assert!(
+        !tso_on(&rig.container),
+        "a plain agreement must turn TSO off"
+    );
     assert!(rig.container.ping(GATEWAY, 2));
 }
 
@@ -329,10 +341,7 @@ fn udp_with_checksum_and_segmentation_offload_arrives_clean() {
     // stack hands tap0 one super-frame per send when USO is agreed, else
     // checksum-offloaded datagrams one by one.
     const SEGMENT: usize = 1200;
-    let sender = rig
-        .container
-        .run(|| UdpSocket::bind("0.0.0.0:0"))
-        .unwrap();
+    let sender = rig.container.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
     let gso = SEGMENT as libc::c_int;
     // SAFETY: setsockopt reads one int from a live local.
     unsafe {
@@ -408,13 +417,22 @@ fn passt_a_plain_peer_that_is_not_ours_carries_a_transfer() {
     let container = Netns::new("opc");
     let mut client = container.command(DAEMON);
     client.arg("client").arg("--socket").arg(&socket);
-    client.args(["--address", "198.51.100.2/24", "--gateway", "198.51.100.254"]);
+    client.args([
+        "--address",
+        "198.51.100.2/24",
+        "--gateway",
+        "198.51.100.254",
+    ]);
     client.args(["--mtu", "1500", "--", "sh", "-c", "echo up; exec sleep 600"]);
     let _client = Proc::spawn_until_line("relay client", client, "up");
     assert!(!tso_on(&container), "no answer must mean offloads off");
 
     let sent = transfer::send(&container, addr("198.51.100.254", 7106), 4 << 20, 31).unwrap();
-    assert_eq!(listening.digest().unwrap(), sent, "bytes changed through passt");
+    assert_eq!(
+        listening.digest().unwrap(),
+        sent,
+        "bytes changed through passt"
+    );
 }
 
 fn wait_for_socket(path: &std::path::Path) {

@@ -196,7 +196,10 @@ fn cpu_per_gib(row: &Row, direction: Direction, daemon: &str) -> String {
 
 /// (CPU seconds, bytes moved) of one daemon during one direction's runs.
 fn daemon_cpu(row: &Row, direction: Direction, daemon: &str) -> Option<(f64, f64)> {
-    let run = row.throughput.iter().find(|run| run.direction == direction)?;
+    let run = row
+        .throughput
+        .iter()
+        .find(|run| run.direction == direction)?;
     let cpu = run.cpu?;
     let seconds = if daemon == "server" {
         cpu.server
