@@ -133,6 +133,16 @@ impl Rig {
     }
 }
 
+/// Stops the client with SIGTERM, which it passes to its command, so the
+/// command's `sleep` does not outlive the test (a SIGKILL would orphan it).
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            client.stop(Signal::SIGTERM);
+        }
+    }
+}
+
 fn start_client(container: &Netns, socket: &std::path::Path, extra: &[&str]) -> Proc {
     let mut command = container.command(DAEMON);
     command.arg("client").arg("--socket").arg(socket);
