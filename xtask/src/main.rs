@@ -30,7 +30,10 @@ tasks:
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
-  bench relay       relay vs veth: throughput both ways, round trip, CPU, peak RSS
+  bench [relay] [--duration S] [--repeats N] [--markdown]
+                    every benchmark (or only relay: veth, relay plain, relay with
+                    offloads at MTU 1450 and 65470): throughput both ways, round
+                    trip, CPU per GiB, peak RSS, ratios and targets
   dist [--check] [--no-install]
                     static release executables (dist/x86_64, dist/aarch64 when
                     that target is installed) with SHA256SUMS, man pages and

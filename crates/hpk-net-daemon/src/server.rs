@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::filter::SourceFilter;
+use crate::negotiate::{self, Offload};
 use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     /// from the MAC's link-local address (with `--allow-mac`).
     #[arg(long, value_name = "IPV4", requires = "allow_mac")]
     pub allow_ip: Option<Ipv4Addr>,
+    /// Accept a client's offer of segmentation and checksum offloads
+    /// (`off`: answer with plain framing).
+    #[arg(long, value_enum, default_value_t = Offload::On)]
+    pub offload: Offload,
 }
 
 impl ServerConfig {
@@ -103,7 +108,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.tap
         )
     })?;
-    configure_tap(&config).await?;
+    let mac = configure_tap(&config).await?;
 
     let mut listeners = Listeners::bind(&config)?;
     let stats = Stats::new();
@@ -122,19 +127,20 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         info!(%mac, %ip, "forwarding only frames from the container's own addresses");
     }
 
-    let result = serve(&listeners.relay, Arc::new(tap), stats, filter, stop).await;
+    let peer = Peer {
+        tap: Arc::new(tap),
+        stats,
+        filter,
+        mac,
+        offload: config.offload,
+    };
+    let result = serve(&listeners.relay, peer, stop).await;
     listeners.remove_files();
     result
 }
 
 /// Accepts connections until asked to stop; the newest peer always wins.
-async fn serve(
-    listener: &UnixListener,
-    tap: Arc<Tap>,
-    stats: Arc<Stats>,
-    filter: Option<Arc<SourceFilter>>,
-    stop: StopSignals,
-) -> Result<()> {
+async fn serve(listener: &UnixListener, peer: Peer, stop: StopSignals) -> Result<()> {
     let StopSignals {
         mut terminate,
         mut interrupt,
@@ -152,9 +158,8 @@ async fn serve(
                     let _ = previous.await;
                     info!("new peer replaces the current one");
                 }
-                stats.connected();
-                let peer = serve_peer(stream, tap.clone(), stats.clone(), filter.clone());
-                current = Some(tokio::spawn(peer));
+                peer.stats.connected();
+                current = Some(tokio::spawn(peer.clone().serve(stream)));
             }
             _ = terminate.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = interrupt.recv() => { info!("SIGINT: shutting down"); break; }
@@ -167,24 +172,74 @@ async fn serve(
     Ok(())
 }
 
-async fn serve_peer(
-    stream: UnixStream,
+/// Everything one peer's connection shares with the server.
+#[derive(Clone)]
+struct Peer {
     tap: Arc<Tap>,
     stats: Arc<Stats>,
     filter: Option<Arc<SourceFilter>>,
-) {
-    debug!("peer connected");
-    match relay::run(&tap, &stream, &stats, filter.as_deref()).await {
-        ConnectionEnd::PeerClosed => info!("peer disconnected"),
-        ConnectionEnd::Protocol(err) => {
-            stats.protocol_error();
-            warn!(%err, "dropping peer that broke the framing; still serving");
+    /// The tap's MAC, the source of the server's answers.
+    mac: [u8; 6],
+    offload: Offload,
+}
+
+impl Peer {
+    /// Runs the hello, then relays until the connection ends.
+    async fn serve(self, stream: UnixStream) {
+        debug!("peer connected");
+        negotiate::size_socket_buffers(&stream);
+        let mut reader = relay::new_reader();
+        let hello = negotiate::server(
+            &stream,
+            &self.tap,
+            self.mac,
+            self.offload.is_on(),
+            &mut reader,
+        );
+        let framing = match hello.await {
+            Ok((framing, offer)) => {
+                info!(
+                    offered = offer.is_some(),
+                    vnet_header = framing.vnet_header,
+                    offloads = format_args!("{:#x}", framing.offloads),
+                    "framing agreed with the peer"
+                );
+                framing
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                self.stats.protocol_error();
+                warn!(%err, "dropping peer that broke the framing; still serving");
+                return;
+            }
+            Err(err) => {
+                info!(%err, "peer left during the hello");
+                return;
+            }
+        };
+        self.stats.negotiated(framing);
+        let filter = self.filter.as_deref();
+        let end = relay::run(
+            &self.tap,
+            &stream,
+            &self.stats,
+            filter,
+            framing,
+            &mut reader,
+        );
+        match end.await {
+            ConnectionEnd::PeerClosed => info!("peer disconnected"),
+            ConnectionEnd::Protocol(err) => {
+                self.stats.protocol_error();
+                warn!(%err, "dropping peer that broke the framing; still serving");
+            }
+            ConnectionEnd::Io(err) => info!(%err, "peer connection failed"),
         }
-        ConnectionEnd::Io(err) => info!(%err, "peer connection failed"),
     }
 }
 
-async fn configure_tap(config: &ServerConfig) -> Result<()> {
+/// Sets MTU, queue length and bridge on the tap and brings it up; returns
+/// its MAC.
+async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
     let netlink = Netlink::open().context("open netlink socket")?;
     let link = netlink
         .link(&config.tap)
@@ -210,7 +265,7 @@ async fn configure_tap(config: &ServerConfig) -> Result<()> {
             .with_context(|| format!("attach {} to {bridge}", config.tap))?;
     }
     netlink.set_up(link.index).await?;
-    Ok(())
+    Ok(link.mac.map(|mac| mac.octets()).unwrap_or_default())
 }
 
 /// The relay socket and its control socket, unlinked again on shutdown.

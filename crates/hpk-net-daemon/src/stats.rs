@@ -54,6 +54,10 @@ pub struct Stats {
     connections: AtomicU64,
     protocol_errors: AtomicU64,
     spoofed: AtomicU64,
+    /// The current connection's vnet header length (0: plain framing).
+    vnet_header_len: AtomicU64,
+    /// The current connection's `TUN_F_*` offloads.
+    offloads: AtomicU64,
 }
 
 impl Stats {
@@ -65,6 +69,13 @@ impl Stats {
     /// Counts an accepted (server) or established (client) connection.
     pub fn connected(&self) {
         self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Records what the current connection agreed on.
+    pub fn negotiated(&self, framing: crate::negotiate::Framing) {
+        self.vnet_header_len
+            .store(framing.header_len() as u64, Relaxed);
+        self.offloads.store(u64::from(framing.offloads), Relaxed);
     }
 
     /// Counts a connection ended because its peer broke the framing.
@@ -86,6 +97,10 @@ impl Stats {
             connections: self.connections.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             spoofed: self.spoofed.load(Relaxed),
+            framing: FramingSnapshot {
+                vnet_header_len: self.vnet_header_len.load(Relaxed),
+                offloads: self.offloads.load(Relaxed),
+            },
         }
     }
 }
@@ -109,6 +124,18 @@ pub struct StatsSnapshot {
     /// from `socket_to_tap.dropped`, which the kernel refused).
     #[serde(default)]
     pub spoofed: u64,
+    /// What the current (or last) connection agreed on.
+    #[serde(default)]
+    pub framing: FramingSnapshot,
+}
+
+/// The agreement of the current connection, as reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FramingSnapshot {
+    /// Bytes of vnet header per frame; 0 means plain framing.
+    pub vnet_header_len: u64,
+    /// `TUN_F_*` offloads in force.
+    pub offloads: u64,
 }
 
 /// The control socket's path for a relay socket path.
