@@ -8,6 +8,7 @@
 //! container, keeps the connection up and can run the user's command
 //! ([`client`]).
 
+pub mod bridge_guard;
 pub mod child;
 pub mod cli;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod signals;
 pub mod stats;
 pub mod tap;
+pub mod veth;
 
 /// Installs the stderr logger: `filter` if given, else `RUST_LOG`, else info.
 ///

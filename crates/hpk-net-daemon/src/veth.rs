@@ -1,0 +1,244 @@
+//! The fast path: a veth pair on the bridge instead of tap + relay.
+//!
+//! Theory of operation. When the client hands the server its network
+//! namespace (a descriptor over `SCM_RIGHTS`, see the hello in DESIGN.md),
+//! and the server holds `CAP_NET_ADMIN` over that namespace (the usual
+//! case in a fakeroot bubble, where bubble and container share a user
+//! namespace), the server wires the container itself and no frame ever
+//! crosses userspace. Wiring is two steps, because the server's tap holds
+//! the port's name until the last moment:
+//!
+//! 1. [`prepare`]: make the pair under temporary names (MTU on both ends,
+//!    the container's MAC on the peer), move the peer into the container's
+//!    namespace renamed `tap0` in the same request, configure it there
+//!    (address, link up, default route) from a dedicated thread, and install
+//!    the [`BridgeGuard`] rules for the final port name. The kernel's
+//!    refusal to move the peer (EPERM: the namespace belongs to a user
+//!    namespace we hold no capability in) shows here, before anything the
+//!    relay needs has changed; every failure deletes the pair again.
+//! 2. [`Prepared::commit`]: once the caller has closed its tap, rename the
+//!    host end to the tap's name (so hpktainer's naming and cleanup stay),
+//!    attach it to the bridge and bring it up. Only now can a frame pass,
+//!    and the guard is already in place.
+//!
+//! Deleting the host end deletes both ends; so does the container's
+//! namespace going away, so a dead container leaves no veth behind.
+
+use std::net::Ipv4Addr;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+
+use hpk_netconf::{IpNet, Ipv4Net, MacAddr, Netlink, netns};
+use tracing::{debug, warn};
+
+use crate::bridge_guard::{BridgeGuard, GuardError};
+
+/// Name of the container's end inside its namespace.
+pub const CONTAINER_LINK: &str = "tap0";
+
+/// What the container's end is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerSide {
+    /// Address and prefix, e.g. 10.244.3.2/24.
+    pub address: Ipv4Net,
+    /// Default gateway.
+    pub gateway: Ipv4Addr,
+    /// MAC address.
+    pub mac: MacAddr,
+    /// MTU of both ends.
+    pub mtu: u32,
+}
+
+/// Why the fast path could not be wired; the pair is gone again.
+#[derive(Debug, thiserror::Error)]
+pub enum VethError {
+    /// A netlink step failed (EPERM when the namespace is not ours).
+    #[error("{step}: {source}")]
+    Netlink {
+        /// What was being done.
+        step: &'static str,
+        /// What the kernel said.
+        #[source]
+        source: hpk_netconf::Error,
+    },
+    /// The isolation rules could not be installed.
+    #[error("install the port's isolation rules: {0}")]
+    Guard(#[from] GuardError),
+}
+
+impl VethError {
+    fn netlink(step: &'static str) -> impl FnOnce(hpk_netconf::Error) -> Self {
+        move |source| Self::Netlink { step, source }
+    }
+}
+
+/// A pair made and configured, not yet on the bridge.
+#[derive(Debug)]
+pub struct Prepared {
+    index: u32,
+    guard: BridgeGuard,
+}
+
+/// The wired fast path: the host end on the bridge and its guard.
+#[derive(Debug)]
+pub struct Wired {
+    index: u32,
+    name: String,
+    guard: BridgeGuard,
+}
+
+/// Step 1: makes the pair, moves and configures the container's end, and
+/// installs the guard for `port`. On failure nothing is left behind.
+pub async fn prepare(
+    netlink: &Netlink,
+    port: &str,
+    netns_fd: BorrowedFd<'_>,
+    side: ContainerSide,
+) -> Result<Prepared, VethError> {
+    // Temporary names: `port` is still the tap's, and `tap0` may exist here.
+    let pid = std::process::id();
+    let (host, peer) = (format!("hpkv{pid:x}"), format!("hpkp{pid:x}"));
+    let index = netlink
+        .add_veth_with(&host, &peer, side.mtu, side.mac)
+        .await
+        .map_err(VethError::netlink("create the veth pair"))?;
+
+    let configured = async {
+        let peer_link = netlink
+            .link(&peer)
+            .await
+            .map_err(VethError::netlink("find the veth peer"))?
+            .ok_or_else(|| VethError::Netlink {
+                step: "find the veth peer",
+                source: hpk_netconf::Error::NotFound { what: peer.clone() },
+            })?;
+        netlink
+            .set_netns_fd_named(peer_link.index, netns_fd, CONTAINER_LINK)
+            .await
+            .map_err(VethError::netlink("move the veth peer into the container"))?;
+        configure_inside(netns_fd, side)?;
+        Ok(BridgeGuard::install(port, side.mac, side.address.addr())?)
+    }
+    .await;
+
+    match configured {
+        Ok(guard) => Ok(Prepared { index, guard }),
+        Err(err) => {
+            // The peer goes with its host end, wherever it is by now.
+            if let Err(cleanup) = netlink.del_link(index).await {
+                warn!(%cleanup, "could not delete the half-made veth pair");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Configures `tap0` inside the container's namespace, on a thread of its
+/// own so no runtime worker ever changes namespace.
+fn configure_inside(netns_fd: BorrowedFd<'_>, side: ContainerSide) -> Result<(), VethError> {
+    let label = Path::new("the container's network namespace");
+    let outcome = netns::run_async_in_fd(label, netns_fd, || async move {
+        let netlink = Netlink::open().map_err(VethError::netlink("open netlink inside"))?;
+        let link = netlink
+            .link(CONTAINER_LINK)
+            .await
+            .map_err(VethError::netlink("find tap0 inside"))?
+            .ok_or_else(|| VethError::Netlink {
+                step: "find tap0 inside",
+                source: hpk_netconf::Error::NotFound {
+                    what: CONTAINER_LINK.into(),
+                },
+            })?;
+        netlink
+            .add_address(link.index, IpNet::V4(side.address))
+            .await
+            .map_err(VethError::netlink("add the address to tap0"))?;
+        netlink
+            .set_up(link.index)
+            .await
+            .map_err(VethError::netlink("set tap0 up"))?;
+        netlink
+            .add_default_route(side.gateway, link.index)
+            .await
+            .map_err(VethError::netlink("add the default route"))
+    });
+    outcome.map_err(VethError::netlink("enter the container's namespace"))?
+}
+
+impl Prepared {
+    /// Step 2: names the host end `port`, attaches it to `bridge`, brings
+    /// it up. Call after the tap that held `port` is closed. On failure the
+    /// pair and the guard are removed.
+    pub async fn commit(
+        self,
+        netlink: &Netlink,
+        port: &str,
+        bridge: Option<&str>,
+    ) -> Result<Wired, VethError> {
+        let attached = async {
+            netlink
+                .set_name(self.index, port)
+                .await
+                .map_err(VethError::netlink("name the host end"))?;
+            if let Some(bridge) = bridge {
+                let master = netlink
+                    .link(bridge)
+                    .await
+                    .map_err(VethError::netlink("find the bridge"))?
+                    .ok_or_else(|| VethError::Netlink {
+                        step: "find the bridge",
+                        source: hpk_netconf::Error::NotFound {
+                            what: format!("bridge {bridge}"),
+                        },
+                    })?;
+                netlink
+                    .set_master(self.index, master.index)
+                    .await
+                    .map_err(VethError::netlink("attach the host end to the bridge"))?;
+            }
+            netlink
+                .set_up(self.index)
+                .await
+                .map_err(VethError::netlink("set the host end up"))
+        }
+        .await;
+        match attached {
+            Ok(()) => {
+                debug!(port, "veth wired");
+                Ok(Wired {
+                    index: self.index,
+                    name: port.to_owned(),
+                    guard: self.guard,
+                })
+            }
+            Err(err) => {
+                let _ = netlink.del_link(self.index).await;
+                self.guard.remove();
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Wired {
+    /// The host end's name (the tap name the server was given).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The guard's nftables table.
+    pub fn table(&self) -> String {
+        self.guard.table()
+    }
+
+    /// Deletes the pair and the guard; teardown goes on past failures.
+    pub async fn remove(self, netlink: &Netlink) {
+        match netlink.del_link(self.index).await {
+            // Already gone with the container's namespace.
+            Err(err) if err.errno() == Some(libc::ENODEV) => {}
+            Err(err) => warn!(port = %self.name, %err, "could not delete the veth pair"),
+            Ok(()) => {}
+        }
+        self.guard.remove();
+    }
+}
