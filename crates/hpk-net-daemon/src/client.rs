@@ -24,6 +24,7 @@ use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::Stats;
 use crate::tap::Tap;
+use crate::veth::DataPathMode;
 
 /// First wait between connection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(5);
@@ -54,6 +55,11 @@ pub struct ClientConfig {
     /// How long to wait for the server at start, in milliseconds.
     #[arg(long = "connect-timeout-ms", value_name = "MS", default_value = "5000", value_parser = parse_millis)]
     pub connect_timeout: Duration,
+    /// Data path to ask for: `auto` offers this network namespace so the
+    /// server can wire a veth pair, and takes the relay when it cannot;
+    /// `veth` fails without the pair; `relay` never offers.
+    #[arg(long, value_enum, env = "HPK_DATA_PATH", default_value_t = DataPathMode::Auto)]
+    pub data_path: DataPathMode,
     /// Command to run once the network is up; the client exits with its status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

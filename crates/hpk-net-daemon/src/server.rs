@@ -25,6 +25,7 @@ use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
 use crate::tap::Tap;
+use crate::veth::DataPathMode;
 
 /// Longest path a UNIX socket address holds (`sun_path` less its NUL).
 pub const SUN_PATH_MAX: usize = 107;
@@ -60,6 +61,11 @@ pub struct ServerConfig {
     /// from the MAC's link-local address (with `--allow-mac`).
     #[arg(long, value_name = "IPV4", requires = "allow_mac")]
     pub allow_ip: Option<Ipv4Addr>,
+    /// Data path: `auto` wires a veth pair when the client offers its
+    /// namespace and the kernel allows it, else relays; `veth` refuses
+    /// clients it cannot wire; `relay` never wires.
+    #[arg(long, value_enum, default_value_t = DataPathMode::Auto)]
+    pub data_path: DataPathMode,
 }
 
 impl ServerConfig {

@@ -33,6 +33,30 @@ use tracing::{debug, warn};
 
 use crate::bridge_guard::{BridgeGuard, GuardError};
 
+/// Which data path a server (or hpktainer) may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataPathMode {
+    /// Always tap + relay.
+    Relay,
+    /// A veth pair or nothing: a container the server cannot wire fails.
+    Veth,
+    /// A veth pair when the kernel allows it and the guard can be installed,
+    /// else the relay.
+    #[default]
+    Auto,
+}
+
+impl DataPathMode {
+    /// The word on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Veth => "veth",
+            Self::Auto => "auto",
+        }
+    }
+}
+
 /// Name of the container's end inside its namespace.
 pub const CONTAINER_LINK: &str = "tap0";
 
