@@ -20,7 +20,10 @@ tasks:
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
-  bench relay       relay vs veth: throughput both ways, round trip, CPU, peak RSS
+  bench [relay|fastpath|starts|hundred|all]
+                    relay vs veth (throughput, round trip, CPU, RSS); the fast
+                    path as hpktainer wires it; start overhead; a hundred
+                    containers at once (default: all)
   dist [--check] [--no-install]
                     static release executables (dist/x86_64, dist/aarch64 when
                     that target is installed) with SHA256SUMS, man pages and
