@@ -10,6 +10,7 @@
 
 pub mod bridge_guard;
 pub mod child;
+pub mod fastpath;
 pub mod cli;
 pub mod client;
 pub mod codec;
