@@ -55,14 +55,23 @@ pub struct BridgeGuard {
 impl BridgeGuard {
     /// Installs the rules for `port`, replacing any left by a previous owner.
     pub fn install(port: &str, mac: MacAddr, ip: Ipv4Addr) -> Result<Self, GuardError> {
-        // A stale table of the same name (a killed server) would otherwise
-        // make `add table` merge old rules with new ones.
-        let _ = remove_table(port);
-        nft(port, &ruleset(port, mac, ip))?;
-        debug!(port, "bridge guard installed");
-        Ok(Self {
+        Self::start_install(port, mac, ip).wait()
+    }
+
+    /// Starts installing the rules without waiting for nft, so a server can
+    /// overlap it with the container's start; [`PendingGuard::wait`] ends it.
+    pub fn start_install(port: &str, mac: MacAddr, ip: Ipv4Addr) -> PendingGuard {
+        // `flush` after `add` replaces whatever a killed server left in a
+        // table of this name, in one transaction with the new rules.
+        let table = table_name(port);
+        let script = format!(
+            "add table bridge {table}\nflush table bridge {table}\n{}",
+            ruleset(port, mac, ip)
+        );
+        PendingGuard {
             port: port.to_owned(),
-        })
+            child: spawn_nft(&script),
+        }
     }
 
     /// The table's name.
@@ -75,6 +84,22 @@ impl BridgeGuard {
         if let Err(err) = remove_table(&self.port) {
             warn!(port = %self.port, %err, "could not remove the bridge guard");
         }
+    }
+}
+
+/// Rules on their way in: nft is running.
+#[derive(Debug)]
+pub struct PendingGuard {
+    port: String,
+    child: Result<std::process::Child, GuardError>,
+}
+
+impl PendingGuard {
+    /// Waits for nft; the rules are in place when this returns `Ok`.
+    pub fn wait(self) -> Result<BridgeGuard, GuardError> {
+        finish_nft(&self.port, self.child?)?;
+        debug!(port = %self.port, "bridge guard installed");
+        Ok(BridgeGuard { port: self.port })
     }
 }
 
@@ -128,6 +153,12 @@ fn ruleset(port: &str, mac: MacAddr, ip: Ipv4Addr) -> String {
 
 /// Runs `nft -f -` with `script` on stdin.
 fn nft(port: &str, script: &str) -> Result<(), GuardError> {
+    finish_nft(port, spawn_nft(script)?)
+}
+
+/// Starts `nft -f -` and hands it `script`; a few hundred bytes fit the
+/// pipe, so writing never waits for nft to read.
+fn spawn_nft(script: &str) -> Result<std::process::Child, GuardError> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -135,13 +166,15 @@ fn nft(port: &str, script: &str) -> Result<(), GuardError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(GuardError::Spawn)?;
-    let written = child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(script.as_bytes());
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // A failed write shows as nft's own failure (a truncated script).
+    let _ = stdin.write_all(script.as_bytes());
+    Ok(child)
+}
+
+fn finish_nft(port: &str, child: std::process::Child) -> Result<(), GuardError> {
     let output = child.wait_with_output().map_err(GuardError::Spawn)?;
-    if output.status.success() && written.is_ok() {
+    if output.status.success() {
         return Ok(());
     }
     Err(GuardError::Refused {

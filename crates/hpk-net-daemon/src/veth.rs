@@ -31,7 +31,7 @@ use std::path::Path;
 use hpk_netconf::{IpNet, Ipv4Net, MacAddr, Netlink, netns};
 use tracing::{debug, warn};
 
-use crate::bridge_guard::{BridgeGuard, GuardError};
+use crate::bridge_guard::{BridgeGuard, GuardError, PendingGuard};
 
 /// Which data path a server (or hpktainer) may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -119,6 +119,19 @@ pub async fn prepare(
     netns_fd: BorrowedFd<'_>,
     side: ContainerSide,
 ) -> Result<Prepared, VethError> {
+    let guard = BridgeGuard::start_install(port, side.mac, side.address.addr());
+    prepare_guarded(netlink, netns_fd, side, guard).await
+}
+
+/// [`prepare`] with the guard's installation already under way (a server
+/// starts it before any container arrives, so nft's run costs no start-up
+/// time); it must be for the same port, MAC and address.
+pub async fn prepare_guarded(
+    netlink: &Netlink,
+    netns_fd: BorrowedFd<'_>,
+    side: ContainerSide,
+    guard: PendingGuard,
+) -> Result<Prepared, VethError> {
     // Temporary names: `port` is still the tap's, and `tap0` may exist here.
     let pid = std::process::id();
     let (host, peer) = (format!("hpkv{pid:x}"), format!("hpkp{pid:x}"));
@@ -140,12 +153,21 @@ pub async fn prepare(
             .set_netns_fd_named(peer_link.index, netns_fd, CONTAINER_LINK)
             .await
             .map_err(VethError::netlink("move the veth peer into the container"))?;
-        configure_inside(netns_fd, side)?;
-        Ok(BridgeGuard::install(port, side.mac, side.address.addr())?)
+        configure_inside(netns_fd, side)
     }
     .await;
+    let guarded = match configured {
+        Ok(()) => guard.wait().map_err(VethError::from),
+        Err(err) => {
+            // Reap nft, and take out what it may have installed.
+            if let Ok(guard) = guard.wait() {
+                guard.remove();
+            }
+            Err(err)
+        }
+    };
 
-    match configured {
+    match guarded {
         Ok(guard) => Ok(Prepared { index, guard }),
         Err(err) => {
             // The peer goes with its host end, wherever it is by now.
