@@ -16,10 +16,14 @@
 //!    refusal to move the peer (EPERM: the namespace belongs to a user
 //!    namespace we hold no capability in) shows here, before anything the
 //!    relay needs has changed; every failure deletes the pair again.
-//! 2. [`Prepared::commit`]: once the caller has closed its tap, rename the
-//!    host end to the tap's name (so hpktainer's naming and cleanup stay),
-//!    attach it to the bridge and bring it up. Only now can a frame pass,
-//!    and the guard is already in place.
+//! 2. [`Prepared::commit`]: delete the relay's tap (the server keeps its
+//!    descriptor, which then drives nothing), rename the host end to the
+//!    tap's name (so hpktainer's naming and cleanup stay), attach it to the
+//!    bridge and bring it up. Only now can a frame pass, and the guard is
+//!    already in place. A failure past the tap's deletion leaves the server
+//!    with neither path for this container: the connection is refused and
+//!    says why, since re-creating a tap under a live relay's feet would be
+//!    a second, rarer failure path nobody could test.
 //!
 //! Deleting the host end deletes both ends; so does the container's
 //! namespace going away, so a dead container leaves no veth behind.
@@ -212,9 +216,9 @@ fn configure_inside(netns_fd: BorrowedFd<'_>, side: ContainerSide) -> Result<(),
 }
 
 impl Prepared {
-    /// Step 2: names the host end `port`, attaches it to `bridge`, brings
-    /// it up. Call after the tap that held `port` is closed. On failure the
-    /// pair and the guard are removed.
+    /// Step 2: deletes the tap called `port` if there is one, names the
+    /// host end `port`, attaches it to `bridge`, brings it up. On failure
+    /// the pair and the guard are removed.
     pub async fn commit(
         self,
         netlink: &Netlink,
@@ -222,6 +226,7 @@ impl Prepared {
         bridge: Option<&str>,
     ) -> Result<Wired, VethError> {
         let attached = async {
+            retire_tap(netlink, port).await?;
             netlink
                 .set_name(self.index, port)
                 .await
@@ -263,6 +268,23 @@ impl Prepared {
                 Err(err)
             }
         }
+    }
+}
+
+/// Deletes the relay's tap that holds `port`, so the veth can take the
+/// name. The server's descriptor stays open but drives nothing: the relay
+/// never runs for this container again.
+async fn retire_tap(netlink: &Netlink, port: &str) -> Result<(), VethError> {
+    let tap = netlink
+        .link(port)
+        .await
+        .map_err(VethError::netlink("look up the relay's tap"))?;
+    match tap {
+        Some(link) if link.kind.as_deref() == Some("tun") => netlink
+            .del_link(link.index)
+            .await
+            .map_err(VethError::netlink("delete the relay's tap")),
+        _ => Ok(()),
     }
 }
 
