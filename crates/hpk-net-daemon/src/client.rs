@@ -20,16 +20,21 @@ use tokio::time::{Instant, sleep};
 use tracing::{debug, info, warn};
 
 use crate::child::Supervisor;
+use crate::codec::FrameReader;
+use crate::negotiate::{self, Framing, Offload};
 use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::Stats;
 use crate::tap::Tap;
-use crate::veth::DataPathMode;
+use crate::veth::{self, ContainerSide, DataPathMode};
+use crate::wiring::{self, Attempt};
 
 /// First wait between connection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(5);
 /// Longest wait between reconnection attempts.
 const BACKOFF_CAP: Duration = Duration::from_millis(500);
+/// Transmit queue of tap0, in frames.
+const TXQUEUELEN: u32 = 1000;
 
 /// Everything the client needs to know (also its command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +65,10 @@ pub struct ClientConfig {
     /// `veth` fails without the pair; `relay` never offers.
     #[arg(long, value_enum, env = "HPK_DATA_PATH", default_value_t = DataPathMode::Auto)]
     pub data_path: DataPathMode,
+    /// Offer segmentation and checksum offloads to the server (`off`:
+    /// plain framing only).
+    #[arg(long, env = "HPK_OFFLOAD", value_enum, default_value_t = Offload::On)]
+    pub offload: Offload,
     /// Command to run once the network is up; the client exits with its status.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -91,16 +100,34 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
         info!(tap = %config.tap, "already configured by another client; not relaying twice");
         return exec_command(&config.command);
     }
+    if offers_veth(&config) && fast_path(&config).await? {
+        info!(tap = %config.tap, address = %config.address, "network up: the server wired a veth pair");
+        return match stop {
+            Some(stop) => run_until_stopped(std::future::pending(), stop).await,
+            None => exec_command(&config.command),
+        };
+    }
 
     let tap = Tap::create(&config.tap)
         .with_context(|| format!("create {} (is /dev/net/tun available?)", config.tap))?;
     configure(&netlink, &config).await?;
     let stream = connect_bounded(&config.socket, config.connect_timeout).await?;
+    let link = Link {
+        tap: &tap,
+        socket: &config.socket,
+        mac: config.effective_mac().octets(),
+        offload: config.offload,
+    };
+    let first = link
+        .negotiate(stream)
+        .await
+        .context("agree on the framing with the relay server")?;
     info!(tap = %config.tap, address = %config.address, "network up");
 
     let stats = Stats::new();
     stats.connected();
-    let relay = relay_forever(&tap, stream, &config.socket, &stats);
+    stats.negotiated(first.framing);
+    let relay = link.relay_forever(first, &stats);
     if let Some(stop) = stop {
         return run_until_stopped(relay, stop).await;
     }
@@ -108,6 +135,40 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
     tokio::select! {
         status = supervisor.run(&config.command) => status,
         _ = relay => unreachable!("the relay loop never returns"),
+    }
+}
+
+/// Whether to offer the fast path: asked for, and under the name the
+/// server gives the container's end.
+fn offers_veth(config: &ClientConfig) -> bool {
+    config.data_path != DataPathMode::Relay && config.tap == veth::CONTAINER_LINK
+}
+
+/// Offers this namespace on a connection of its own; `true` when the
+/// server wired the veth pair, `false` when the relay is to be set up.
+async fn fast_path(config: &ClientConfig) -> Result<bool> {
+    let stream = connect_bounded(&config.socket, config.connect_timeout).await?;
+    let side = ContainerSide {
+        address: config.address,
+        gateway: config.gateway,
+        mac: config.effective_mac(),
+        // The server puts its bridge's MTU in force when it has one.
+        mtu: config.mtu.unwrap_or(1500),
+    };
+    let attempt = wiring::offer(stream, config.data_path, &side)
+        .await
+        .context("offer the fast path to the relay server")?;
+    match attempt {
+        Attempt::Wired => Ok(true),
+        Attempt::Refused(reason) => bail!("the relay server refused the connection: {reason}"),
+        Attempt::Relay if config.data_path == DataPathMode::Veth => bail!(
+            "the relay server answered with the relay, and --data-path veth refuses it \
+             (run the server with --data-path auto or veth, and --allow-mac/--allow-ip)"
+        ),
+        Attempt::Relay => {
+            debug!("the relay server relays; making the tap");
+            Ok(false)
+        }
     }
 }
 
@@ -144,6 +205,12 @@ async fn configure(netlink: &Netlink, config: &ClientConfig) -> Result<()> {
             .await
             .with_context(|| format!("set mtu {mtu} on {name}"))?;
     }
+    // A tap's default queue (500 frames) overflows in bursts while the
+    // relay is busy writing to the socket; the server's tap has the same.
+    netlink
+        .set_txqueuelen(link.index, TXQUEUELEN)
+        .await
+        .with_context(|| format!("set txqueuelen {TXQUEUELEN} on {name}"))?;
     netlink
         .add_address(link.index, IpNet::V4(config.address))
         .await
@@ -210,31 +277,82 @@ async fn connect_bounded(socket: &Path, timeout: Duration) -> Result<UnixStream>
     }
 }
 
-/// Relays, and after every lost connection reconnects without bound.
-async fn relay_forever(tap: &Tap, first: UnixStream, socket: &Path, stats: &Arc<Stats>) {
-    let mut stream = first;
-    loop {
-        match relay::run(tap, &stream, stats, None).await {
-            ConnectionEnd::Protocol(err) => {
-                stats.protocol_error();
-                warn!(%err, "server broke the framing; reconnecting");
-            }
-            end => info!(%end, "connection to the relay server lost; reconnecting"),
-        }
-        stream = reconnect(socket).await;
-        stats.connected();
-        info!("reconnected to the relay server");
-    }
+/// The client's side of the relay: its tap and how it reaches the server.
+struct Link<'a> {
+    tap: &'a Tap,
+    socket: &'a Path,
+    mac: [u8; 6],
+    offload: Offload,
 }
 
-async fn reconnect(socket: &Path) -> UnixStream {
-    let mut backoff = BACKOFF_START;
-    loop {
-        sleep(backoff).await;
-        match UnixStream::connect(socket).await {
-            Ok(stream) => return stream,
-            Err(err) => debug!(%err, "relay server still away"),
+/// One connection with its agreement and its receive buffer.
+struct Connection {
+    stream: UnixStream,
+    framing: Framing,
+    reader: FrameReader,
+}
+
+impl Link<'_> {
+    /// Runs the hello on a fresh stream and sets the tap's offloads to
+    /// match, before any frame is relayed.
+    async fn negotiate(&self, stream: UnixStream) -> std::io::Result<Connection> {
+        negotiate::size_socket_buffers(&stream);
+        let mut reader = relay::new_reader();
+        let framing =
+            negotiate::client(&stream, self.tap, self.mac, self.offload.is_on(), &mut reader)
+                .await?;
+        info!(
+            vnet_header = framing.vnet_header,
+            offloads = format_args!("{:#x}", framing.offloads),
+            "framing agreed with the relay server"
+        );
+        Ok(Connection {
+            stream,
+            framing,
+            reader,
+        })
+    }
+
+    /// Relays, and after every lost connection reconnects without bound,
+    /// negotiating again each time.
+    async fn relay_forever(&self, first: Connection, stats: &Arc<Stats>) {
+        let mut connection = first;
+        loop {
+            let Connection {
+                stream,
+                framing,
+                reader,
+            } = &mut connection;
+            match relay::run(self.tap, stream, stats, None, *framing, reader).await {
+                ConnectionEnd::Protocol(err) => {
+                    stats.protocol_error();
+                    warn!(%err, "server broke the framing; reconnecting");
+                }
+                end => info!(%end, "connection to the relay server lost; reconnecting"),
+            }
+            connection = self.reconnect().await;
+            stats.connected();
+            stats.negotiated(connection.framing);
+            info!("reconnected to the relay server");
         }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+
+    async fn reconnect(&self) -> Connection {
+        let mut backoff = BACKOFF_START;
+        loop {
+            sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+            let stream = match UnixStream::connect(self.socket).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    debug!(%err, "relay server still away");
+                    continue;
+                }
+            };
+            match self.negotiate(stream).await {
+                Ok(connection) => return connection,
+                Err(err) => debug!(%err, "hello with the relay server failed"),
+            }
+        }
     }
 }

@@ -20,6 +20,14 @@ pub const LEN_PREFIX: usize = 4;
 /// at 65 521, so 65 535 leaves room for the Ethernet header and VLAN tags.
 pub const MAX_FRAME: usize = 65_535;
 
+/// Largest frame with the offload extension: the 10-byte vnet header plus
+/// a super-frame. The kernel builds a tap's super-frames up to the device's
+/// `gso_max_size`, 64 KiB (taps never raise it for BIG TCP), and a UDP
+/// super-frame over IPv6 may reach 65 535 bytes of payload behind 40 of IPv6
+/// and 14 of Ethernet header; 256 bytes of slack above 64 KiB cover every
+/// such header: 10 + 65 536 + 256 = 65 802 bytes.
+pub const MAX_VNET_FRAME: usize = crate::tap::VNET_HDR_LEN + 65_536 + 256;
+
 /// Default size of the receive and send buffers: several maximal frames, so
 /// a batch of ordinary frames fits with room to spare.
 pub const DEFAULT_BUFFER: usize = 256 * 1024;
@@ -46,10 +54,11 @@ pub struct FrameReader {
 impl FrameReader {
     /// A reader whose frames may be up to `max_frame` bytes long.
     ///
-    /// `capacity` is raised to hold at least one maximal frame and its prefix,
-    /// so a partial frame can always be completed in place.
+    /// `capacity` is raised to hold at least one frame of the largest size
+    /// either framing allows and its prefix, so a partial frame can always
+    /// be completed in place, whatever the hello agrees later.
     pub fn new(capacity: usize, max_frame: usize) -> Self {
-        let capacity = capacity.max(LEN_PREFIX + max_frame);
+        let capacity = capacity.max(LEN_PREFIX + max_frame.max(MAX_VNET_FRAME));
         Self {
             buf: vec![0; capacity].into_boxed_slice(),
             start: 0,
@@ -80,11 +89,52 @@ impl FrameReader {
         self.end += n;
     }
 
+    /// Changes the largest frame accepted from now on (after a hello).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        assert!(
+            LEN_PREFIX + max_frame <= self.buf.len(),
+            "a {max_frame}-byte frame does not fit the receive buffer"
+        );
+        self.max_frame = max_frame;
+    }
+
     /// The next whole frame, `None` when more bytes are needed.
     ///
     /// After an error the stream is out of step for good: the caller must
     /// drop the connection.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, DecodeError> {
+        let Some(len) = self.whole_frame()? else {
+            return Ok(None);
+        };
+        let frame_start = self.start + LEN_PREFIX;
+        self.start = frame_start + len;
+        Ok(Some(&self.buf[frame_start..frame_start + len]))
+    }
+
+    /// The next whole frame without taking it; `None` when there is none
+    /// yet or the stream is broken.
+    pub fn peek_frame(&self) -> Option<&[u8]> {
+        self.peek_frame_checked().ok().flatten()
+    }
+
+    /// Like [`peek_frame`](Self::peek_frame), reporting a broken stream.
+    pub fn peek_frame_checked(&self) -> Result<Option<&[u8]>, DecodeError> {
+        let Some(len) = self.whole_frame()? else {
+            return Ok(None);
+        };
+        let frame_start = self.start + LEN_PREFIX;
+        Ok(Some(&self.buf[frame_start..frame_start + len]))
+    }
+
+    /// Drops the frame [`peek_frame`](Self::peek_frame) returned.
+    pub fn skip_frame(&mut self) {
+        if let Ok(Some(len)) = self.whole_frame() {
+            self.start += LEN_PREFIX + len;
+        }
+    }
+
+    /// The length of the whole frame at the front, if one is there.
+    fn whole_frame(&self) -> Result<Option<usize>, DecodeError> {
         let available = &self.buf[self.start..self.end];
         let Some(prefix) = available.first_chunk::<LEN_PREFIX>() else {
             return Ok(None);
@@ -100,13 +150,10 @@ impl FrameReader {
             });
         }
 
-        let total = LEN_PREFIX + len as usize;
-        if available.len() < total {
+        if available.len() < LEN_PREFIX + len as usize {
             return Ok(None);
         }
-        let frame_start = self.start + LEN_PREFIX;
-        self.start += total;
-        Ok(Some(&self.buf[frame_start..frame_start + len as usize]))
+        Ok(Some(len as usize))
     }
 
     /// Bytes received but not yet returned as frames.

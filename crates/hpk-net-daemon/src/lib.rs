@@ -15,12 +15,15 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod filter;
+pub mod hello;
+pub mod negotiate;
 pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod stats;
 pub mod tap;
 pub mod veth;
+pub mod wiring;
 
 /// Installs the stderr logger: `filter` if given, else `RUST_LOG`, else info.
 ///

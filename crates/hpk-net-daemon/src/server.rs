@@ -20,7 +20,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::codec::FrameReader;
+use crate::fastpath::Policy;
 use crate::filter::SourceFilter;
+use crate::negotiate::{Framing, Offer};
+use crate::wiring::{self, Decision, FastPath};
+use crate::negotiate::{self, Offload};
 use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
@@ -66,6 +71,10 @@ pub struct ServerConfig {
     /// clients it cannot wire; `relay` never wires.
     #[arg(long, value_enum, default_value_t = DataPathMode::Auto)]
     pub data_path: DataPathMode,
+    /// Accept a client's offer of segmentation and checksum offloads
+    /// (`off`: answer with plain framing).
+    #[arg(long, value_enum, default_value_t = Offload::On)]
+    pub offload: Offload,
 }
 
 impl ServerConfig {
@@ -92,6 +101,15 @@ fn parse_owner(text: &str) -> Result<(u32, Option<u32>)> {
     Ok((uid, gid))
 }
 
+/// The fast path's policy from the command line.
+fn fast_policy(config: &ServerConfig) -> Policy {
+    Policy {
+        mode: config.data_path,
+        allow: config.allow_mac.zip(config.allow_ip),
+        mtu: config.mtu,
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(config: ServerConfig) -> Result<()> {
     check_socket_path(&config.socket)?;
@@ -109,7 +127,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.tap
         )
     })?;
-    configure_tap(&config).await?;
+    let mac = configure_tap(&config).await?;
 
     let mut listeners = Listeners::bind(&config)?;
     let stats = Stats::new();
@@ -125,19 +143,23 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         info!(%mac, %ip, "forwarding only frames from the container's own addresses");
     }
 
-    let result = serve(&listeners.relay, Arc::new(tap), stats, filter, stop).await;
+    let fast = FastPath::new(fast_policy(&config), &config.tap, config.bridge.clone(), stats.clone());
+    let peer = Peer {
+        tap: Arc::new(tap),
+        stats,
+        filter,
+        mac,
+        offload: config.offload,
+        fast: fast.clone(),
+    };
+    let result = serve(&listeners.relay, peer, stop).await;
+    fast.teardown().await;
     listeners.remove_files();
     result
 }
 
 /// Accepts connections until asked to stop; the newest peer always wins.
-async fn serve(
-    listener: &UnixListener,
-    tap: Arc<Tap>,
-    stats: Arc<Stats>,
-    filter: Option<Arc<SourceFilter>>,
-    stop: StopSignals,
-) -> Result<()> {
+async fn serve(listener: &UnixListener, peer: Peer, stop: StopSignals) -> Result<()> {
     let StopSignals {
         mut terminate,
         mut interrupt,
@@ -155,9 +177,8 @@ async fn serve(
                     let _ = previous.await;
                     info!("new peer replaces the current one");
                 }
-                stats.connected();
-                let peer = serve_peer(stream, tap.clone(), stats.clone(), filter.clone());
-                current = Some(tokio::spawn(peer));
+                peer.stats.connected();
+                current = Some(tokio::spawn(peer.clone().serve(stream)));
             }
             _ = terminate.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = interrupt.recv() => { info!("SIGINT: shutting down"); break; }
@@ -170,24 +191,89 @@ async fn serve(
     Ok(())
 }
 
-async fn serve_peer(
-    stream: UnixStream,
+/// Everything one peer's connection shares with the server.
+#[derive(Clone)]
+struct Peer {
     tap: Arc<Tap>,
     stats: Arc<Stats>,
     filter: Option<Arc<SourceFilter>>,
-) {
-    debug!("peer connected");
-    match relay::run(&tap, &stream, &stats, filter.as_deref()).await {
-        ConnectionEnd::PeerClosed => info!("peer disconnected"),
-        ConnectionEnd::Protocol(err) => {
-            stats.protocol_error();
-            warn!(%err, "dropping peer that broke the framing; still serving");
+    /// The tap's MAC, the source of the server's answers.
+    mac: [u8; 6],
+    offload: Offload,
+    /// Decides veth offers, and holds the veth pair once wired.
+    fast: Arc<FastPath>,
+}
+
+impl Peer {
+    /// Runs the hello, then relays until the connection ends.
+    async fn serve(self, stream: UnixStream) {
+        debug!("peer connected");
+        negotiate::size_socket_buffers(&stream);
+        let mut reader = relay::new_reader();
+        let framing = match self.hello(&stream, &mut reader).await {
+            Ok(None) => return,
+            Ok(Some((framing, offer))) => {
+                info!(
+                    offered = offer,
+                    vnet_header = framing.vnet_header,
+                    offloads = format_args!("{:#x}", framing.offloads),
+                    "framing agreed with the peer"
+                );
+                framing
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+                self.stats.protocol_error();
+                warn!(%err, "dropping peer that broke the framing; still serving");
+                return;
+            }
+            Err(err) => {
+                info!(%err, "peer left during the hello");
+                return;
+            }
+        };
+        self.stats.negotiated(framing);
+        let filter = self.filter.as_deref();
+        let end = relay::run(&self.tap, &stream, &self.stats, filter, framing, &mut reader);
+        match end.await {
+            ConnectionEnd::PeerClosed => info!("peer disconnected"),
+            ConnectionEnd::Protocol(err) => {
+                self.stats.protocol_error();
+                warn!(%err, "dropping peer that broke the framing; still serving");
+            }
+            ConnectionEnd::Io(err) => info!(%err, "peer connection failed"),
         }
-        ConnectionEnd::Io(err) => info!(%err, "peer connection failed"),
     }
 }
 
-async fn configure_tap(config: &ServerConfig) -> Result<()> {
+impl Peer {
+    /// The hello: a plain peer or an offer for the relay gives the framing
+    /// to relay with (and whether there was an offer); an offer the fast
+    /// path wires or refuses is answered here and ends the connection.
+    async fn hello(
+        &self,
+        stream: &UnixStream,
+        reader: &mut FrameReader,
+    ) -> std::io::Result<Option<(Framing, bool)>> {
+        let Some(Offer { hello, netns }) = negotiate::read_offer(stream, reader).await? else {
+            return negotiate::plain(&self.tap, reader).map(|framing| Some((framing, false)));
+        };
+        match self.fast.decide(&hello, netns).await {
+            Decision::Relay => {
+                let offload = self.offload.is_on();
+                let answer = negotiate::answer_offer(stream, &self.tap, self.mac, offload, reader, &hello);
+                Ok(Some((answer.await?, true)))
+            }
+            decision => {
+                wiring::answer(stream, self.mac, &decision).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Sets MTU, queue length and bridge on the tap and brings it up; returns
+/// its MAC.
+async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
     let netlink = Netlink::open().context("open netlink socket")?;
     let link = netlink
         .link(&config.tap)
@@ -213,7 +299,7 @@ async fn configure_tap(config: &ServerConfig) -> Result<()> {
             .with_context(|| format!("attach {} to {bridge}", config.tap))?;
     }
     netlink.set_up(link.index).await?;
-    Ok(())
+    Ok(link.mac.map(|mac| mac.octets()).unwrap_or_default())
 }
 
 /// The relay socket and its control socket, unlinked again on shutdown.

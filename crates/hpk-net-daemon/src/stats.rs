@@ -56,6 +56,10 @@ pub struct Stats {
     spoofed: AtomicU64,
     /// 1 while a veth pair carries the container's frames, else 0.
     veth: AtomicU8,
+    /// The current connection's vnet header length (0: plain framing).
+    vnet_header_len: AtomicU64,
+    /// The current connection's `TUN_F_*` offloads.
+    offloads: AtomicU64,
 }
 
 impl Stats {
@@ -67,6 +71,13 @@ impl Stats {
     /// Counts an accepted (server) or established (client) connection.
     pub fn connected(&self) {
         self.connections.fetch_add(1, Relaxed);
+    }
+
+    /// Records what the current connection agreed on.
+    pub fn negotiated(&self, framing: crate::negotiate::Framing) {
+        self.vnet_header_len
+            .store(framing.header_len() as u64, Relaxed);
+        self.offloads.store(u64::from(framing.offloads), Relaxed);
     }
 
     /// Counts a connection ended because its peer broke the framing.
@@ -97,6 +108,10 @@ impl Stats {
                 0 => DataPath::Relay,
                 _ => DataPath::Veth,
             },
+            framing: FramingSnapshot {
+                vnet_header_len: self.vnet_header_len.load(Relaxed),
+                offloads: self.offloads.load(Relaxed),
+            },
         }
     }
 }
@@ -124,6 +139,9 @@ pub struct StatsSnapshot {
     /// none, which reads as the relay).
     #[serde(default)]
     pub data_path: DataPath,
+    /// What the current (or last) connection agreed on.
+    #[serde(default)]
+    pub framing: FramingSnapshot,
 }
 
 /// How a container's frames reach the bridge.
@@ -145,6 +163,15 @@ impl DataPath {
             Self::Veth => "veth",
         }
     }
+}
+
+/// The agreement of the current connection, as reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FramingSnapshot {
+    /// Bytes of vnet header per frame; 0 means plain framing.
+    pub vnet_header_len: u64,
+    /// `TUN_F_*` offloads in force.
+    pub offloads: u64,
 }
 
 /// The control socket's path for a relay socket path.

@@ -45,7 +45,7 @@ pub enum Attempt {
 
 /// Client: offers this network namespace on `stream` and reads the answer.
 pub async fn offer(
-    stream: UnixStream,
+    mut stream: UnixStream,
     mode: DataPathMode,
     side: &ContainerSide,
 ) -> std::io::Result<Attempt> {
@@ -61,7 +61,7 @@ pub async fn offer(
     };
     let frame = hello.encode(side.mac.octets());
     send_hello(&stream, &frame, Some(netns.as_raw_fd())).await?;
-    let answer = match tokio::time::timeout(VETH_ANSWER_TIMEOUT, read_one_frame(&stream)).await {
+    let answer = match tokio::time::timeout(VETH_ANSWER_TIMEOUT, read_one_frame(&mut stream)).await {
         Ok(answer) => answer?,
         // A plain peer keeps quiet; so may one that wants frames first.
         Err(_) => return Ok(Attempt::Relay),
@@ -82,7 +82,7 @@ pub async fn offer(
 
 /// Reads one length-prefixed frame (an answer is small; a larger frame is
 /// not an answer and is read only far enough to say so).
-async fn read_one_frame(mut stream: &UnixStream) -> std::io::Result<Vec<u8>> {
+async fn read_one_frame(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix).await?;
     let len = u32::from_be_bytes(prefix) as usize;
@@ -111,6 +111,21 @@ impl Decision {
             Self::Relay => (ANSWER_RELAY, Vec::new()),
         }
     }
+}
+
+/// Server: answers an offer the fast path wired or refused.
+pub async fn answer(stream: &UnixStream, mac: [u8; 6], decision: &Decision) -> std::io::Result<()> {
+    let (data_path, options) = decision.answer();
+    let hello = Hello {
+        kind: Kind::Answer,
+        flags: native_flags(),
+        vnet_header_len: 0,
+        offloads: 0,
+        max_frame: MAX_FRAME as u32,
+        data_path,
+        options,
+    };
+    send_hello(stream, &hello.encode(mac), None).await
 }
 
 /// The server's fast path: its policy, the port, the guard started at

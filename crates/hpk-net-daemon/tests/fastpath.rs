@@ -7,7 +7,7 @@
 //! Needs root; run by `cargo xtask test` (ignored by a plain `cargo test`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use hpk_net_daemon::stats::{DataPath, StatsSnapshot};
 use hpk_testbed::{Netns, Proc};
