@@ -134,7 +134,11 @@ fn run_hpktainer_benches(which: &str, bench: &Bench, options: &Options) -> Resul
     if matches!(which, "hundred" | "all") {
         let mut runs = Vec::new();
         for mode in [DataPathMode::Relay, DataPathMode::Veth] {
-            eprintln!("bench: {} containers at once, {}", options.containers, mode.as_str());
+            eprintln!(
+                "bench: {} containers at once, {}",
+                options.containers,
+                mode.as_str()
+            );
             runs.push(hundred::measure(&binaries, mode, options.containers)?);
         }
         hundred::print(&runs);

@@ -298,9 +298,14 @@ impl Link<'_> {
     async fn negotiate(&self, stream: UnixStream) -> std::io::Result<Connection> {
         negotiate::size_socket_buffers(&stream);
         let mut reader = relay::new_reader();
-        let framing =
-            negotiate::client(&stream, self.tap, self.mac, self.offload.is_on(), &mut reader)
-                .await?;
+        let framing = negotiate::client(
+            &stream,
+            self.tap,
+            self.mac,
+            self.offload.is_on(),
+            &mut reader,
+        )
+        .await?;
         info!(
             vnet_header = framing.vnet_header,
             offloads = format_args!("{:#x}", framing.offloads),

@@ -81,7 +81,10 @@ pub fn side_from_options(options: &[(u8, Vec<u8>)]) -> Result<ContainerSide, Str
             .map(|(_, v)| v.as_slice())
             .ok_or_else(|| format!("the offer has no {name} option"))?;
         if value.len() != len {
-            return Err(format!("the {name} option holds {} bytes, not {len}", value.len()));
+            return Err(format!(
+                "the {name} option holds {} bytes, not {len}",
+                value.len()
+            ));
         }
         Ok(value)
     };
@@ -162,7 +165,9 @@ impl Policy {
             return decline("the offer carries no network namespace".into());
         }
         let Some((mac, ip)) = self.allow else {
-            return decline("the server has no --allow-mac/--allow-ip to guard a veth port with".into());
+            return decline(
+                "the server has no --allow-mac/--allow-ip to guard a veth port with".into(),
+            );
         };
         let mut side = match side_from_options(options) {
             Ok(side) => side,
@@ -176,7 +181,10 @@ impl Policy {
             ));
         }
         if !side.address.contains(&side.gateway) {
-            return decline(format!("gateway {} is outside {}", side.gateway, side.address));
+            return decline(format!(
+                "gateway {} is outside {}",
+                side.gateway, side.address
+            ));
         }
         if let Some(mtu) = self.mtu {
             side.mtu = mtu;
@@ -232,23 +240,43 @@ mod tests {
     fn another_containers_address_or_mac_is_declined() {
         let mut foreign = side();
         foreign.address = "10.244.3.9/24".parse().unwrap();
-        let verdict = policy(DataPathMode::Auto).judge(OFFER_VETH, &request_options(&foreign), true);
-        assert!(matches!(verdict, Verdict::Decline { fatal: false, .. }), "{verdict:?}");
+        let verdict =
+            policy(DataPathMode::Auto).judge(OFFER_VETH, &request_options(&foreign), true);
+        assert!(
+            matches!(verdict, Verdict::Decline { fatal: false, .. }),
+            "{verdict:?}"
+        );
         let mut foreign = side();
         foreign.mac = MacAddr::from([2, 0, 0, 0, 0, 1]);
-        let verdict = policy(DataPathMode::Veth).judge(OFFER_VETH, &request_options(&foreign), true);
-        assert!(matches!(verdict, Verdict::Decline { fatal: true, .. }), "{verdict:?}");
+        let verdict =
+            policy(DataPathMode::Veth).judge(OFFER_VETH, &request_options(&foreign), true);
+        assert!(
+            matches!(verdict, Verdict::Decline { fatal: true, .. }),
+            "{verdict:?}"
+        );
     }
 
     #[test]
     fn relay_mode_and_relay_offers_relay() {
         let options = request_options(&side());
-        assert_eq!(policy(DataPathMode::Relay).judge(OFFER_VETH, &options, true), Verdict::Relay);
-        assert_eq!(policy(DataPathMode::Auto).judge(OFFER_RELAY, &[], false), Verdict::Relay);
+        assert_eq!(
+            policy(DataPathMode::Relay).judge(OFFER_VETH, &options, true),
+            Verdict::Relay
+        );
+        assert_eq!(
+            policy(DataPathMode::Auto).judge(OFFER_RELAY, &[], false),
+            Verdict::Relay
+        );
         let only = policy(DataPathMode::Relay).judge(OFFER_VETH_ONLY, &options, true);
-        assert!(matches!(only, Verdict::Decline { fatal: true, .. }), "{only:?}");
+        assert!(
+            matches!(only, Verdict::Decline { fatal: true, .. }),
+            "{only:?}"
+        );
         let strict = policy(DataPathMode::Veth).judge(OFFER_RELAY, &[], false);
-        assert!(matches!(strict, Verdict::Decline { fatal: true, .. }), "{strict:?}");
+        assert!(
+            matches!(strict, Verdict::Decline { fatal: true, .. }),
+            "{strict:?}"
+        );
     }
 
     #[test]
@@ -260,7 +288,10 @@ mod tests {
             allow: None,
             ..policy(DataPathMode::Auto)
         };
-        assert!(matches!(open.judge(OFFER_VETH, &options, true), Verdict::Decline { .. }));
+        assert!(matches!(
+            open.judge(OFFER_VETH, &options, true),
+            Verdict::Decline { .. }
+        ));
     }
 
     #[test]

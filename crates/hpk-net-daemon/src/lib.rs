@@ -10,10 +10,10 @@
 
 pub mod bridge_guard;
 pub mod child;
-pub mod fastpath;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod fastpath;
 pub mod filter;
 pub mod hello;
 pub mod negotiate;

@@ -286,11 +286,7 @@ fn recv_with_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>
 ///
 /// The first `sendmsg` carries the descriptor; a short send (unlikely on an
 /// empty socket buffer) is completed with plain writes.
-pub async fn send_hello(
-    stream: &UnixStream,
-    frame: &[u8],
-    fd: Option<RawFd>,
-) -> io::Result<()> {
+pub async fn send_hello(stream: &UnixStream, frame: &[u8], fd: Option<RawFd>) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(LEN_PREFIX + frame.len());
     bytes.extend_from_slice(&(frame.len() as u32).to_be_bytes());
     bytes.extend_from_slice(frame);
@@ -300,8 +296,14 @@ pub async fn send_hello(
             let iov = [io::IoSlice::new(&bytes)];
             let rights = [ControlMessage::ScmRights(&fds)];
             let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-            sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(io::Error::from)
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
         })
         .await?;
     let mut rest = &bytes[sent..];

@@ -23,14 +23,14 @@ use tracing::{debug, info, warn};
 use crate::codec::FrameReader;
 use crate::fastpath::Policy;
 use crate::filter::SourceFilter;
-use crate::negotiate::{Framing, Offer};
-use crate::wiring::{self, Decision, FastPath};
 use crate::negotiate::{self, Offload};
+use crate::negotiate::{Framing, Offer};
 use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
 use crate::tap::Tap;
 use crate::veth::DataPathMode;
+use crate::wiring::{self, Decision, FastPath};
 
 /// Longest path a UNIX socket address holds (`sun_path` less its NUL).
 pub const SUN_PATH_MAX: usize = 107;
@@ -143,7 +143,12 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         info!(%mac, %ip, "forwarding only frames from the container's own addresses");
     }
 
-    let fast = FastPath::new(fast_policy(&config), &config.tap, config.bridge.clone(), stats.clone());
+    let fast = FastPath::new(
+        fast_policy(&config),
+        &config.tap,
+        config.bridge.clone(),
+        stats.clone(),
+    );
     let peer = Peer {
         tap: Arc::new(tap),
         stats,
@@ -233,7 +238,14 @@ impl Peer {
         };
         self.stats.negotiated(framing);
         let filter = self.filter.as_deref();
-        let end = relay::run(&self.tap, &stream, &self.stats, filter, framing, &mut reader);
+        let end = relay::run(
+            &self.tap,
+            &stream,
+            &self.stats,
+            filter,
+            framing,
+            &mut reader,
+        );
         match end.await {
             ConnectionEnd::PeerClosed => info!("peer disconnected"),
             ConnectionEnd::Protocol(err) => {
@@ -260,7 +272,8 @@ impl Peer {
         match self.fast.decide(&hello, netns).await {
             Decision::Relay => {
                 let offload = self.offload.is_on();
-                let answer = negotiate::answer_offer(stream, &self.tap, self.mac, offload, reader, &hello);
+                let answer =
+                    negotiate::answer_offer(stream, &self.tap, self.mac, offload, reader, &hello);
                 Ok(Some((answer.await?, true)))
             }
             decision => {

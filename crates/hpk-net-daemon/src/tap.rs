@@ -228,7 +228,14 @@ fn probe_offloads(fd: BorrowedFd<'_>) -> io::Result<u32> {
 
 fn set_offload(fd: BorrowedFd<'_>, offloads: u32) -> io::Result<()> {
     // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is shared.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0 {
+    if unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

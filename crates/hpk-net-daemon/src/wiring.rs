@@ -61,7 +61,8 @@ pub async fn offer(
     };
     let frame = hello.encode(side.mac.octets());
     send_hello(&stream, &frame, Some(netns.as_raw_fd())).await?;
-    let answer = match tokio::time::timeout(VETH_ANSWER_TIMEOUT, read_one_frame(&mut stream)).await {
+    let answer = match tokio::time::timeout(VETH_ANSWER_TIMEOUT, read_one_frame(&mut stream)).await
+    {
         Ok(answer) => answer?,
         // A plain peer keeps quiet; so may one that wants frames first.
         Err(_) => return Ok(Attempt::Relay),
@@ -166,7 +167,9 @@ impl FastPath {
                 self.port
             ));
         }
-        let verdict = self.policy.judge(offer.data_path, &offer.options, netns.is_some());
+        let verdict = self
+            .policy
+            .judge(offer.data_path, &offer.options, netns.is_some());
         let side = match verdict {
             Verdict::Relay => return Decision::Relay,
             Verdict::Decline { reason, fatal } => return self.decline(reason, fatal),
@@ -181,8 +184,8 @@ impl FastPath {
                 Decision::Wired
             }
             Err(err) => {
-                let fatal =
-                    offer.data_path == fastpath::OFFER_VETH_ONLY || self.policy.mode == DataPathMode::Veth;
+                let fatal = offer.data_path == fastpath::OFFER_VETH_ONLY
+                    || self.policy.mode == DataPathMode::Veth;
                 self.decline(format!("could not wire a veth pair: {err:#}"), fatal)
             }
         }
@@ -206,7 +209,9 @@ impl FastPath {
             Some(guard) => veth::prepare_guarded(&netlink, netns.as_fd(), side, guard).await?,
             None => veth::prepare(&netlink, port, netns.as_fd(), side).await?,
         };
-        Ok(prepared.commit(&netlink, port, self.bridge.as_deref()).await?)
+        Ok(prepared
+            .commit(&netlink, port, self.bridge.as_deref())
+            .await?)
     }
 
     /// Removes the pair and the guard (or the guard's pending installation).

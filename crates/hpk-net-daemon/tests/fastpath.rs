@@ -51,8 +51,21 @@ impl Rig {
     fn server_args(&self, mode: &str) -> Vec<String> {
         let socket = self.socket().display().to_string();
         [
-            "server", "--socket", &socket, "--tap", PORT, "--mtu", "1500", "--ready-fd", "3",
-            "--allow-mac", MAC, "--allow-ip", CONTAINER, "--data-path", mode,
+            "server",
+            "--socket",
+            &socket,
+            "--tap",
+            PORT,
+            "--mtu",
+            "1500",
+            "--ready-fd",
+            "3",
+            "--allow-mac",
+            MAC,
+            "--allow-ip",
+            CONTAINER,
+            "--data-path",
+            mode,
         ]
         .map(str::to_owned)
         .to_vec()
@@ -61,7 +74,9 @@ impl Rig {
     /// The server in the bubble, on the bridge.
     fn server(&self, mode: &str) -> Proc {
         let mut command = self.bubble.command(DAEMON);
-        command.args(self.server_args(mode)).args(["--bridge", "br0"]);
+        command
+            .args(self.server_args(mode))
+            .args(["--bridge", "br0"]);
         command.stderr(log_file(&self.dir.path().join("server.log")));
         Proc::spawn_ready("server", command)
     }
@@ -79,8 +94,22 @@ impl Rig {
     fn client(&self, mode: &str, script: &str) -> Command {
         let mut command = self.container.command(DAEMON);
         command.arg("client").arg("--socket").arg(self.socket());
-        command.args(["--address", &format!("{CONTAINER}/24"), "--gateway", GATEWAY]);
-        command.args(["--mtu", "1500", "--data-path", mode, "--", "sh", "-c", script]);
+        command.args([
+            "--address",
+            &format!("{CONTAINER}/24"),
+            "--gateway",
+            GATEWAY,
+        ]);
+        command.args([
+            "--mtu",
+            "1500",
+            "--data-path",
+            mode,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
         command
     }
 
@@ -117,25 +146,45 @@ fn guard_tables(ns: &Netns) -> String {
 fn auto_wires_a_veth_pair_and_the_server_removes_it_on_exit() {
     let rig = Rig::new();
     let server = rig.server("auto");
-    let command = rig.client("auto", &format!("{SHOW}"));
-    let (client, line) = Proc::spawn_until("client", command, |l| l.contains("tap0") && l.contains("link/"));
+    let command = rig.client("auto", SHOW);
+    let (client, line) = Proc::spawn_until("client", command, |l| {
+        l.contains("tap0") && l.contains("link/")
+    });
     assert!(line.contains("veth"), "tap0 is not a veth: {line}");
     assert!(line.contains(&format!("link/ether {MAC}")), "{line}");
 
     assert_eq!(rig.stats().data_path, DataPath::Veth);
     let port = rig.bubble.sh(&format!("ip -d -o link show {PORT}"));
-    assert!(port.contains("veth") && port.contains("master br0"), "{port}");
+    assert!(
+        port.contains("veth") && port.contains("master br0"),
+        "{port}"
+    );
     assert!(guard_tables(&rig.bubble).contains(&format!("hpk_{PORT}")));
-    assert!(rig.container.ping(GATEWAY, 2), "the container reaches the bridge");
-    assert!(rig.bubble.ping(CONTAINER, 2), "the bridge reaches the container");
+    assert!(
+        rig.container.ping(GATEWAY, 2),
+        "the container reaches the bridge"
+    );
+    assert!(
+        rig.bubble.ping(CONTAINER, 2),
+        "the bridge reaches the container"
+    );
 
     // The client exec'd its command: no relay process is left inside.
-    assert!(client_is_the_command(&client), "the client still runs beside the command");
+    assert!(
+        client_is_the_command(&client),
+        "the client still runs beside the command"
+    );
 
     server.stop(Signal::SIGTERM);
     let links = rig.bubble.sh("ip -o link show") + &rig.container.sh("ip -o link show");
-    assert!(!links.contains(PORT) && !links.contains("tap0"), "left: {links}");
-    assert!(!guard_tables(&rig.bubble).contains("hpk_"), "guard left behind");
+    assert!(
+        !links.contains(PORT) && !links.contains("tap0"),
+        "left: {links}"
+    );
+    assert!(
+        !guard_tables(&rig.bubble).contains("hpk_"),
+        "guard left behind"
+    );
     drop(client);
 }
 
@@ -154,17 +203,29 @@ fn auto_falls_back_to_the_relay_when_the_kernel_refuses() {
     let rig = Rig::new();
     let _server = rig.foreign_server("auto");
     let command = rig.client("auto", SHOW);
-    let (_client, line) = Proc::spawn_until("client", command, |l| l.contains("tap0") && l.contains("link/"));
-    assert!(line.contains(" tun ") || line.contains("tun "), "tap0 is not the relay's tap: {line}");
+    let (_client, line) = Proc::spawn_until("client", command, |l| {
+        l.contains("tap0") && l.contains("link/")
+    });
+    assert!(
+        line.contains(" tun ") || line.contains("tun "),
+        "tap0 is not the relay's tap: {line}"
+    );
 
     let stats = rig.stats();
     assert_eq!(stats.data_path, DataPath::Relay);
     assert_eq!(stats.connections, 2, "the veth offer, then the relay's own");
     let log = rig.server_log();
     assert!(log.contains("relaying instead of the fast path"), "{log}");
-    assert!(log.contains("EPERM"), "the kernel's refusal is logged: {log}");
+    assert!(
+        log.contains("EPERM"),
+        "the kernel's refusal is logged: {log}"
+    );
     let links = rig.container.sh("ip -o link show");
-    assert_eq!(links.matches("tap0").count(), 1, "one tap0, no veth left: {links}");
+    assert_eq!(
+        links.matches("tap0").count(),
+        1,
+        "one tap0, no veth left: {links}"
+    );
 }
 
 #[test]
@@ -178,7 +239,10 @@ fn veth_only_fails_clearly_when_the_kernel_refuses() {
     assert!(!text(&output.stdout).contains("ran"));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("refused"), "{stderr}");
-    assert!(stderr.contains("EPERM"), "the reason reaches the client: {stderr}");
+    assert!(
+        stderr.contains("EPERM"),
+        "the reason reaches the client: {stderr}"
+    );
     drop(server);
 
     // ...or the client does.
@@ -187,9 +251,15 @@ fn veth_only_fails_clearly_when_the_kernel_refuses() {
     let output = rig.client("veth", "echo ran").output().unwrap();
     assert!(!output.status.success(), "the client ran without a network");
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("refused") && stderr.contains("EPERM"), "{stderr}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("EPERM"),
+        "{stderr}"
+    );
     let links = rig.container.sh("ip -o link show");
-    assert!(!links.contains("tap0"), "a refused client leaves no tap: {links}");
+    assert!(
+        !links.contains("tap0"),
+        "a refused client leaves no tap: {links}"
+    );
 }
 
 #[test]
@@ -199,12 +269,27 @@ fn a_client_claiming_another_address_gets_the_relay_not_a_veth() {
     let _server = rig.server("auto");
     let mut command = rig.container.command(DAEMON);
     command.arg("client").arg("--socket").arg(rig.socket());
-    command.args(["--address", "10.97.0.3/24", "--gateway", GATEWAY, "--mtu", "1500"]);
+    command.args([
+        "--address",
+        "10.97.0.3/24",
+        "--gateway",
+        GATEWAY,
+        "--mtu",
+        "1500",
+    ]);
     command.args(["--", "sh", "-c", SHOW]);
-    let (_client, line) = Proc::spawn_until("client", command, |l| l.contains("tap0") && l.contains("link/"));
-    assert!(!line.contains("veth"), "wired a veth for a foreign address: {line}");
+    let (_client, line) = Proc::spawn_until("client", command, |l| {
+        l.contains("tap0") && l.contains("link/")
+    });
+    assert!(
+        !line.contains("veth"),
+        "wired a veth for a foreign address: {line}"
+    );
     assert_eq!(rig.stats().data_path, DataPath::Relay);
     assert!(rig.server_log().contains("this port belongs to 10.97.0.2"));
     // The relay's own filter then drops what it sends.
-    assert!(!rig.container.ping(GATEWAY, 1), "a foreign address got through");
+    assert!(
+        !rig.container.ping(GATEWAY, 1),
+        "a foreign address got through"
+    );
 }

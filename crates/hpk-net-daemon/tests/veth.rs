@@ -70,17 +70,32 @@ fn a_wired_container_reaches_the_gateway_and_removal_leaves_nothing() {
     assert!(inside.contains("link/ether 0a:58:0a:62:00:02"), "{inside}");
     assert!(inside.contains("mtu 1450"), "{inside}");
     assert!(inside.contains(&format!("inet {CONTAINER}/24")), "{inside}");
-    assert!(inside.contains(&format!("default via {GATEWAY}")), "{inside}");
+    assert!(
+        inside.contains(&format!("default via {GATEWAY}")),
+        "{inside}"
+    );
     let port = bubble.sh(&format!("ip -d -o link show {PORT}"));
-    assert!(port.contains("master br0") && port.contains("veth"), "{port}");
-    assert!(container.ping(GATEWAY, 2), "the container reaches its gateway");
-    assert!(bubble.ping(CONTAINER, 2), "the gateway reaches the container");
+    assert!(
+        port.contains("master br0") && port.contains("veth"),
+        "{port}"
+    );
+    assert!(
+        container.ping(GATEWAY, 2),
+        "the container reaches its gateway"
+    );
+    assert!(
+        bubble.ping(CONTAINER, 2),
+        "the gateway reaches the container"
+    );
 
     in_ns(&bubble, async |netlink| wired.remove(&netlink).await);
     let links = bubble.sh("ip -o link show") + &container.sh("ip -o link show");
     assert!(!links.contains(PORT) && !links.contains("tap0"), "{links}");
     let tables = bubble.sh("nft list tables");
-    assert!(!tables.contains(&bridge_guard::table_name(PORT)), "{tables}");
+    assert!(
+        !tables.contains(&bridge_guard::table_name(PORT)),
+        "{tables}"
+    );
 }
 
 #[test]
@@ -102,7 +117,9 @@ fn a_wired_container_cannot_send_as_another_or_poison_the_gateway() {
     // Gratuitous ARP claiming the gateway's address, then another MAC.
     let _ = container
         .command("busybox")
-        .args(["arping", "-U", "-c", "2", "-s", GATEWAY, "-I", "tap0", GATEWAY])
+        .args([
+            "arping", "-U", "-c", "2", "-s", GATEWAY, "-I", "tap0", GATEWAY,
+        ])
         .output();
     container.ip("link set tap0 address 0a:58:0a:62:00:63");
     let _ = container
@@ -110,14 +127,26 @@ fn a_wired_container_cannot_send_as_another_or_poison_the_gateway() {
         .args(["-c", "2", "-W", "1", "-q", GATEWAY])
         .output();
     let neighbours = bubble.sh("ip neigh show dev br0");
-    assert!(!neighbours.contains(OTHER), "learnt the spoofed address: {neighbours}");
-    assert!(!neighbours.contains("0a:58:0a:62:00:63"), "learnt the foreign MAC: {neighbours}");
+    assert!(
+        !neighbours.contains(OTHER),
+        "learnt the spoofed address: {neighbours}"
+    );
+    assert!(
+        !neighbours.contains("0a:58:0a:62:00:63"),
+        "learnt the foreign MAC: {neighbours}"
+    );
     let fdb = bubble.sh(&format!("bridge fdb show br br0 brport {PORT}"));
-    assert!(!fdb.contains("0a:58:0a:62:00:63"), "the bridge learnt the foreign MAC: {fdb}");
+    assert!(
+        !fdb.contains("0a:58:0a:62:00:63"),
+        "the bridge learnt the foreign MAC: {fdb}"
+    );
 
     // Back to its own MAC, the container is itself again.
     container.ip("link set tap0 address 0a:58:0a:62:00:02");
-    assert!(container.ping(GATEWAY, 2), "its own address and MAC still work");
+    assert!(
+        container.ping(GATEWAY, 2),
+        "its own address and MAC still work"
+    );
     let counters = bubble.sh(&format!("nft list table bridge {}", wired.table()));
     assert!(counters.contains("drop"), "{counters}");
     in_ns(&bubble, async |netlink| wired.remove(&netlink).await);

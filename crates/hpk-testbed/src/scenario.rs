@@ -96,7 +96,9 @@ fn run_containers(
     );
     let ip_b = address_b.split('/').next().unwrap_or_default().to_owned();
     let data_path_b = data_path(&node_b.bubble)?;
-    say(&format!("  container B: tap0 {address_b}, {route_b}, data path {data_path_b}"));
+    say(&format!(
+        "  container B: tap0 {address_b}, {route_b}, data path {data_path_b}"
+    ));
 
     let (_, tx_before) = node_a.bubble.flannel_counters()?;
     let (rx_before_b, _) = node_b.bubble.flannel_counters()?;

@@ -25,7 +25,8 @@ fn a_veth_container_is_wired_on_the_bridge_and_leaves_nothing() {
     let script = "ip -o -4 addr show tap0; ip -o link show tap0; ip route; \
                   ping -c 1 -W 2 10.244.7.1 && echo pinged; exec sleep 60";
     let words = ["exec", &image, "sh", "-c", script];
-    let (container, _) = Proc::spawn_until("container", bubble.hpktainer(&words), |l| l == "pinged");
+    let (container, _) =
+        Proc::spawn_until("container", bubble.hpktainer(&words), |l| l == "pinged");
 
     let entries = ps_json(&bubble);
     let entry = &entries[0];
@@ -34,12 +35,18 @@ fn a_veth_container_is_wired_on_the_bridge_and_leaves_nothing() {
     assert!(table.lines().nth(1).unwrap().contains(" veth "), "{table}");
     let port = entry["tap"].as_str().unwrap();
     let link = bubble.ns.sh(&format!("ip -d -o link show {port}"));
-    assert!(link.contains("veth") && link.contains("master hpk-bridge"), "{link}");
+    assert!(
+        link.contains("veth") && link.contains("master hpk-bridge"),
+        "{link}"
+    );
     assert!(link.contains("mtu 1450"), "{link}");
     let guards = bubble.ns.sh("nft list tables bridge");
     assert!(guards.contains(&format!("hpk_{port}")), "{guards}");
     let address = entry["address"].as_str().unwrap().trim_end_matches("/24");
-    assert!(bubble.ns.ping(address, 2), "the bubble reaches the container");
+    assert!(
+        bubble.ns.ping(address, 2),
+        "the bubble reaches the container"
+    );
 
     container.stop(Signal::SIGTERM);
     assert_eq!(bubble.snapshot(), before, "nothing left behind");
@@ -50,7 +57,13 @@ fn a_veth_container_is_wired_on_the_bridge_and_leaves_nothing() {
 fn a_veth_container_and_a_relayed_one_reach_each_other() {
     let relayed = Bubble::with_data_path("relay");
     let image = relayed.image.display().to_string();
-    let words = ["exec", &image, "sh", "-c", "echo addr=${HPK_IP%/*}; exec sleep 60"];
+    let words = [
+        "exec",
+        &image,
+        "sh",
+        "-c",
+        "echo addr=${HPK_IP%/*}; exec sleep 60",
+    ];
     let (b, line) = Proc::spawn_until("relayed container", relayed.hpktainer(&words), |l| {
         l.starts_with("addr=")
     });
@@ -66,8 +79,17 @@ fn a_veth_container_and_a_relayed_one_reach_each_other() {
     ]);
     command.env("HPKTAINER_DATA_PATH", "veth");
     let output = command.output().unwrap();
-    assert!(output.status.success(), "{}\n{}", stdout(&output), stderr(&output));
-    assert!(stdout(&output).contains("2 packets received"), "{}", stdout(&output));
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("2 packets received"),
+        "{}",
+        stdout(&output)
+    );
     b.stop(Signal::SIGTERM);
 }
 
@@ -86,10 +108,16 @@ fn gc_removes_the_guard_a_killed_fast_path_left() {
     // container's namespace, the server's guard stays for gc.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !bubble.snapshot().processes.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "processes outlived hpktainer");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes outlived hpktainer"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(bubble.ns.sh("nft list tables bridge").contains("hpk_"), "a killed server cleans nothing");
+    assert!(
+        bubble.ns.sh("nft list tables bridge").contains("hpk_"),
+        "a killed server cleans nothing"
+    );
     let gc = bubble.hpktainer(&["gc"]).output().unwrap();
     assert!(gc.status.success(), "{}", stderr(&gc));
     assert_eq!(bubble.snapshot(), before, "nothing left after gc");

@@ -62,13 +62,18 @@ fn measure_wired(binaries: &Binaries, bench: &Bench, mode: DataPathMode) -> Resu
     let bubble = HpkBubble::new(binaries)?;
     let command = bubble.run(mode, "echo pid=$$; exec sleep 86400");
     let (container, line) = Proc::spawn_until("container", command, |l| l.starts_with("pid="));
-    let pid: i32 = line["pid=".len()..].parse().context("the container's pid")?;
+    let pid: i32 = line["pid=".len()..]
+        .parse()
+        .context("the container's pid")?;
     let ns = Netns::attach("fc", pid);
 
     let ps = bubble.ps()?;
     let reported = ps.first().map(|(_, path)| path.clone()).unwrap_or_default();
     if reported != mode.as_str() {
-        bail!("asked for {}, hpktainer ps reports {reported:?}", mode.as_str());
+        bail!(
+            "asked for {}, hpktainer ps reports {reported:?}",
+            mode.as_str()
+        );
     }
     let mut iperf = bubble.ns.command("iperf3");
     iperf.args(["-s", "-B", GATEWAY, "-p", &measure::IPERF_PORT.to_string()]);
@@ -82,7 +87,11 @@ fn measure_wired(binaries: &Binaries, bench: &Bench, mode: DataPathMode) -> Resu
     for direction in Direction::ALL {
         let mut samples = Vec::new();
         for repeat in 1..=bench.repeats {
-            eprintln!("bench:   {} run {repeat}/{}", direction.label(), bench.repeats);
+            eprintln!(
+                "bench:   {} run {repeat}/{}",
+                direction.label(),
+                bench.repeats
+            );
             let reverse = direction == Direction::BubbleToContainer;
             samples.push(measure::iperf3(&ns, GATEWAY, bench.duration, reverse)?);
         }
@@ -138,7 +147,10 @@ pub fn print(paths: &[Path]) {
         }
     }
     let Some(fast) = paths.iter().find(|p| p.reported == "veth") else {
-        println!("  target fast path ≥ {:.0}% of veth: MISSED (no veth path)", MIN_RATIO * 100.0);
+        println!(
+            "  target fast path ≥ {:.0}% of veth: MISSED (no veth path)",
+            MIN_RATIO * 100.0
+        );
         return;
     };
     for direction in Direction::ALL {

@@ -60,7 +60,11 @@ pub fn build() -> Result<Binaries> {
         hpktainer: dir.join("hpktainer"),
         standin: dir.join("apptainer-standin"),
     };
-    for path in [&binaries.hpktainer, &binaries.standin, &dir.join("hpk-net-daemon")] {
+    for path in [
+        &binaries.hpktainer,
+        &binaries.standin,
+        &dir.join("hpk-net-daemon"),
+    ] {
         if !path.is_file() {
             bail!("the build succeeded but {} is not there", path.display());
         }
@@ -235,7 +239,11 @@ pub fn footprint(pid: i32) -> Footprint {
 pub fn descendants(pid: i32) -> Vec<(i32, String)> {
     let mut parents = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -254,7 +262,12 @@ pub fn descendants(pid: i32) -> Vec<(i32, String)> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
         i += 1;
     }
     found

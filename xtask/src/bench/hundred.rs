@@ -75,7 +75,11 @@ pub fn measure(binaries: &Binaries, mode: DataPathMode, count: usize) -> Result<
         }
     }
     if !failures.is_empty() {
-        bail!("{} of {count} containers did not come up; first: {}", failures.len(), failures[0]);
+        bail!(
+            "{} of {count} containers did not come up; first: {}",
+            failures.len(),
+            failures[0]
+        );
     }
     let all_up = up.iter().map(|c| c.up_at).max().unwrap_or(start) - start;
     let figures = summarise(&bubble, mode, &up, all_up)?;
@@ -96,7 +100,8 @@ fn start_one(command: std::process::Command, i: usize) -> Result<Started> {
     // Proc::spawn_until would panic after its own patience; a thread here
     // turns that into this container's error instead.
     let handle = std::thread::spawn(move || {
-        let (proc, line) = Proc::spawn_until(&what, command, |l| l.starts_with("up ") || l == "down");
+        let (proc, line) =
+            Proc::spawn_until(&what, command, |l| l.starts_with("up ") || l == "down");
         let _ = tx.send(Instant::now());
         (proc, line)
     });
@@ -186,7 +191,14 @@ pub fn print(runs: &[Hundred]) {
     println!("a hundred containers at once in one bubble (hpktainer run, stand-in apptainer)");
     println!(
         "  {:<8} {:>5} {:>10} {:>9} {:<16} {:>14} {:>14} {:>16}",
-        "mode", "up", "all up s", "distinct", "paths (ps)", "relay RSS KiB", "relay PSS KiB", "hpktainer PSS KiB"
+        "mode",
+        "up",
+        "all up s",
+        "distinct",
+        "paths (ps)",
+        "relay RSS KiB",
+        "relay PSS KiB",
+        "hpktainer PSS KiB"
     );
     for run in runs {
         let paths: Vec<String> = run.paths.iter().map(|(p, n)| format!("{n} {p}")).collect();

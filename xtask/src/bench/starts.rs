@@ -21,8 +21,7 @@ use super::measure;
 use crate::interrupt;
 
 /// The user's first instruction: is tap0 configured with our address?
-const CHECK: &str =
-    "if ip -o -4 addr show dev tap0 2>/dev/null | grep -q \"inet ${HPK_IP:-none}\"; \
+const CHECK: &str = "if ip -o -4 addr show dev tap0 2>/dev/null | grep -q \"inet ${HPK_IP:-none}\"; \
      then echo up; else echo down; fi";
 
 /// Target overheads, in milliseconds.
@@ -51,8 +50,14 @@ pub struct Starts {
 pub fn measure(binaries: &Binaries, runs: usize) -> Result<Starts> {
     let bubble = HpkBubble::new(binaries)?;
     let confirmed = [
-        (DataPathMode::Relay, confirm_path(&bubble, DataPathMode::Relay)?),
-        (DataPathMode::Veth, confirm_path(&bubble, DataPathMode::Veth)?),
+        (
+            DataPathMode::Relay,
+            confirm_path(&bubble, DataPathMode::Relay)?,
+        ),
+        (
+            DataPathMode::Veth,
+            confirm_path(&bubble, DataPathMode::Veth)?,
+        ),
     ];
     let mut kinds = [
         empty("apptainer stand-in alone"),
@@ -97,7 +102,10 @@ fn confirm_path(bubble: &HpkBubble, mode: DataPathMode) -> Result<String> {
     let _ = terminate(child.id() as i32);
     let _ = child.wait();
     if line.as_deref() != Some("up") {
-        bail!("a {} container did not see its network: {line:?}", mode.as_str());
+        bail!(
+            "a {} container did not see its network: {line:?}",
+            mode.as_str()
+        );
     }
     let paths = paths?;
     let path = paths
@@ -109,7 +117,10 @@ fn confirm_path(bubble: &HpkBubble, mode: DataPathMode) -> Result<String> {
 
 fn terminate(pid: i32) -> nix::Result<()> {
     // Not reaped yet, so the pid is still our child's.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
 }
 
 /// Runs `command`; returns milliseconds to a line equal to `expected` and
@@ -131,7 +142,10 @@ fn timed(mut command: Command, expected: &str) -> Result<(f64, f64)> {
         );
     }
     if expected == "up" && !output.status.success() {
-        bail!("hpktainer failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "hpktainer failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok((ms(first), ms(exit)))
 }
@@ -151,7 +165,10 @@ pub fn print(starts: &Starts) {
         baseline.to_first_line_ms.len()
     );
     for (mode, path) in &starts.confirmed {
-        println!("  hpktainer ps: a --data-path {} container runs on {path}", mode.as_str());
+        println!(
+            "  hpktainer ps: a --data-path {} container runs on {path}",
+            mode.as_str()
+        );
     }
     println!(
         "  {:<26} {:>12} {:>12} {:>14}",
@@ -170,6 +187,9 @@ pub fn print(starts: &Starts) {
     for (kind, target) in [(relay, RELAY_TARGET_MS), (veth, VETH_TARGET_MS)] {
         let overhead = median(&kind.to_first_line_ms) - base;
         let verdict = if overhead < target { "met" } else { "MISSED" };
-        println!("  target {}: overhead < {target} ms: {verdict} ({overhead:.1} ms)", kind.name);
+        println!(
+            "  target {}: overhead < {target} ms: {verdict} ({overhead:.1} ms)",
+            kind.name
+        );
     }
 }
