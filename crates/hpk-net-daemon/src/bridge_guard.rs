@@ -70,7 +70,7 @@ impl BridgeGuard {
         );
         PendingGuard {
             port: port.to_owned(),
-            child: spawn_nft(&script),
+            child: Some(spawn_nft(&script)),
         }
     }
 
@@ -87,19 +87,34 @@ impl BridgeGuard {
     }
 }
 
-/// Rules on their way in: nft is running.
+/// Rules on their way in: nft is running. Dropped without
+/// [`PendingGuard::wait`] (a server failing at start), it waits for nft and
+/// removes what it installed, so no rules outlive their server.
 #[derive(Debug)]
 pub struct PendingGuard {
     port: String,
-    child: Result<std::process::Child, GuardError>,
+    child: Option<Result<std::process::Child, GuardError>>,
 }
 
 impl PendingGuard {
     /// Waits for nft; the rules are in place when this returns `Ok`.
-    pub fn wait(self) -> Result<BridgeGuard, GuardError> {
-        finish_nft(&self.port, self.child?)?;
+    pub fn wait(mut self) -> Result<BridgeGuard, GuardError> {
+        let child = self.child.take().expect("only wait and drop take it")?;
+        finish_nft(&self.port, child)?;
         debug!(port = %self.port, "bridge guard installed");
-        Ok(BridgeGuard { port: self.port })
+        Ok(BridgeGuard {
+            port: std::mem::take(&mut self.port),
+        })
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(Ok(child)) = self.child.take()
+            && finish_nft(&self.port, child).is_ok()
+        {
+            let _ = remove_table(&self.port);
+        }
     }
 }
 

@@ -120,6 +120,8 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         .ready_fd
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     clear_stale_socket(&config.socket).await?;
+    let policy = fast_policy(&config);
+    let guard = FastPath::start_guard(&policy, &config.tap);
 
     let tap = Tap::create(&config.tap).with_context(|| {
         format!(
@@ -127,7 +129,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.tap
         )
     })?;
-    let mac = configure_tap(&config).await?;
+    let (mac, attach) = configure_tap(&config).await?;
 
     let mut listeners = Listeners::bind(&config)?;
     let stats = Stats::new();
@@ -144,10 +146,11 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     }
 
     let fast = FastPath::new(
-        fast_policy(&config),
+        policy,
         &config.tap,
         config.bridge.clone(),
         stats.clone(),
+        guard,
     );
     let peer = Peer {
         tap: Arc::new(tap),
@@ -156,6 +159,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         mac,
         offload: config.offload,
         fast: fast.clone(),
+        attach: Arc::new(tokio::sync::Mutex::new(attach)),
     };
     let result = serve(&listeners.relay, peer, stop).await;
     fast.teardown().await;
@@ -207,6 +211,8 @@ struct Peer {
     offload: Offload,
     /// Decides veth offers, and holds the veth pair once wired.
     fast: Arc<FastPath>,
+    /// Still to do before the first peer is relayed.
+    attach: Arc<tokio::sync::Mutex<Option<TapAttach>>>,
 }
 
 impl Peer {
@@ -267,10 +273,12 @@ impl Peer {
         reader: &mut FrameReader,
     ) -> std::io::Result<Option<(Framing, bool)>> {
         let Some(Offer { hello, netns }) = negotiate::read_offer(stream, reader).await? else {
+            self.attach_tap().await?;
             return negotiate::plain(&self.tap, reader).map(|framing| Some((framing, false)));
         };
         match self.fast.decide(&hello, netns).await {
             Decision::Relay => {
+                self.attach_tap().await?;
                 let offload = self.offload.is_on();
                 let answer =
                     negotiate::answer_offer(stream, &self.tap, self.mac, offload, reader, &hello);
@@ -278,15 +286,30 @@ impl Peer {
             }
             decision => {
                 wiring::answer(stream, self.mac, &decision).await?;
+                self.fast.settle().await;
                 Ok(None)
             }
         }
+    }
+
+    /// Puts the tap on the bridge and up, once, before it relays.
+    async fn attach_tap(&self) -> std::io::Result<()> {
+        let mut attach = self.attach.lock().await;
+        if let Some(pending) = attach.as_ref() {
+            let netlink = Netlink::open().map_err(std::io::Error::other)?;
+            pending
+                .apply(&netlink)
+                .await
+                .map_err(std::io::Error::other)?;
+            *attach = None;
+        }
+        Ok(())
     }
 }
 
 /// Sets MTU, queue length and bridge on the tap and brings it up; returns
 /// its MAC.
-async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
+async fn configure_tap(config: &ServerConfig) -> Result<([u8; 6], Option<TapAttach>)> {
     let netlink = Netlink::open().context("open netlink socket")?;
     let link = netlink
         .link(&config.tap)
@@ -301,18 +324,55 @@ async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
     netlink
         .set_txqueuelen(link.index, config.txqueuelen)
         .await?;
-    if let Some(bridge) = &config.bridge {
-        let master = netlink
-            .link(bridge)
-            .await?
-            .with_context(|| format!("bridge {bridge} does not exist"))?;
-        netlink
-            .set_master(link.index, master.index)
-            .await
-            .with_context(|| format!("attach {} to {bridge}", config.tap))?;
+    let master = match &config.bridge {
+        Some(bridge) => Some(
+            netlink
+                .link(bridge)
+                .await?
+                .with_context(|| format!("bridge {bridge} does not exist"))?
+                .index,
+        ),
+        None => None,
+    };
+    let attach = TapAttach {
+        tap: link.index,
+        master,
+    };
+    let mac = link.mac.map(|mac| mac.octets()).unwrap_or_default();
+    // A server that may wire a veth pair leaves its tap down and off the
+    // bridge until a peer is relayed: the veth then takes the tap's name
+    // by a cheap rename of the unused tap instead of its deletion, which
+    // waits for the kernel's grace period on the container's start path.
+    // Only a server that can ever wire defers: the relay tests' plain peer
+    // whose first frame is an ARP request got no answer when the tap came
+    // up just before that frame was written (cause not found yet; a
+    // container's ARP is retried, a test's single frame is not), so a
+    // server that can only relay keeps attaching at start as it always did.
+    let may_wire = config.data_path != DataPathMode::Relay && config.source_filter().is_some();
+    if !may_wire {
+        attach.apply(&netlink).await?;
+        return Ok((mac, None));
     }
-    netlink.set_up(link.index).await?;
-    Ok(link.mac.map(|mac| mac.octets()).unwrap_or_default())
+    Ok((mac, Some(attach)))
+}
+
+/// Putting the tap on the bridge and up.
+struct TapAttach {
+    tap: u32,
+    master: Option<u32>,
+}
+
+impl TapAttach {
+    async fn apply(&self, netlink: &Netlink) -> Result<()> {
+        if let Some(master) = self.master {
+            netlink
+                .set_master(self.tap, master)
+                .await
+                .context("attach the tap to the bridge")?;
+        }
+        netlink.set_up(self.tap).await?;
+        Ok(())
+    }
 }
 
 /// The relay socket and its control socket, unlinked again on shutdown.

@@ -8,17 +8,20 @@
 //! crosses userspace. Wiring is two steps, because the server's tap holds
 //! the port's name until the last moment:
 //!
-//! 1. [`prepare`]: make the pair under temporary names (MTU on both ends,
-//!    the container's MAC on the peer), move the peer into the container's
-//!    namespace renamed `tap0` in the same request, configure it there
-//!    (address, link up, default route) from a dedicated thread, and install
-//!    the [`BridgeGuard`] rules for the final port name. The kernel's
-//!    refusal to move the peer (EPERM: the namespace belongs to a user
-//!    namespace we hold no capability in) shows here, before anything the
-//!    relay needs has changed; every failure deletes the pair again.
-//! 2. [`Prepared::commit`]: delete the relay's tap (the server keeps its
-//!    descriptor, which then drives nothing), rename the host end to the
-//!    tap's name (so hpktainer's naming and cleanup stay), attach it to the
+//! 1. [`prepare`]: make the pair with the host end under a temporary name
+//!    and the peer made right inside the container's namespace as `tap0`
+//!    (MTU on both ends, the container's MAC on the peer; made there rather
+//!    than moved, since a move waits for an RCU grace period, which costs
+//!    milliseconds in a busy VM), configure it there (address, link up,
+//!    default route) from a dedicated thread, and install the
+//!    [`BridgeGuard`] rules for the final port name. The kernel's refusal
+//!    (EPERM: the namespace belongs to a user namespace we hold no
+//!    capability in) shows here, before anything the relay needs has
+//!    changed; every failure deletes the pair again.
+//! 2. [`Prepared::commit`]: move the relay's tap out of the way (renamed
+//!    while still down and off the bridge, which is cheap; deleted by the
+//!    caller once the container runs, or deleted now if it was up), rename
+//!    the host end to the tap's name (so hpktainer's naming and cleanup stay), attach it to the
 //!    bridge and bring it up. Only now can a frame pass, and the guard is
 //!    already in place. A failure past the tap's deletion leaves the server
 //!    with neither path for this container: the connection is refused and
@@ -113,6 +116,8 @@ pub struct Wired {
     index: u32,
     name: String,
     guard: BridgeGuard,
+    /// The relay's tap, renamed aside, still to delete.
+    parked_tap: Option<u32>,
 }
 
 /// Step 1: makes the pair, moves and configures the container's end, and
@@ -136,30 +141,17 @@ pub async fn prepare_guarded(
     side: ContainerSide,
     guard: PendingGuard,
 ) -> Result<Prepared, VethError> {
-    // Temporary names: `port` is still the tap's, and `tap0` may exist here.
-    let pid = std::process::id();
-    let (host, peer) = (format!("hpkv{pid:x}"), format!("hpkp{pid:x}"));
+    // A temporary name: `port` is still the tap's. The peer is made in the
+    // container's namespace as tap0 directly.
+    let host = format!("hpkv{:x}", std::process::id());
     let index = netlink
-        .add_veth_with(&host, &peer, side.mtu, side.mac)
+        .add_veth_with(&host, CONTAINER_LINK, side.mtu, side.mac, Some(netns_fd))
         .await
-        .map_err(VethError::netlink("create the veth pair"))?;
+        .map_err(VethError::netlink(
+            "create the veth pair into the container",
+        ))?;
 
-    let configured = async {
-        let peer_link = netlink
-            .link(&peer)
-            .await
-            .map_err(VethError::netlink("find the veth peer"))?
-            .ok_or_else(|| VethError::Netlink {
-                step: "find the veth peer",
-                source: hpk_netconf::Error::NotFound { what: peer.clone() },
-            })?;
-        netlink
-            .set_netns_fd_named(peer_link.index, netns_fd, CONTAINER_LINK)
-            .await
-            .map_err(VethError::netlink("move the veth peer into the container"))?;
-        configure_inside(netns_fd, side)
-    }
-    .await;
+    let configured = configure_inside(netns_fd, side);
     let guarded = match configured {
         Ok(()) => guard.wait().map_err(VethError::from),
         Err(err) => {
@@ -226,7 +218,7 @@ impl Prepared {
         bridge: Option<&str>,
     ) -> Result<Wired, VethError> {
         let attached = async {
-            retire_tap(netlink, port).await?;
+            let parked = retire_tap(netlink, port).await?;
             netlink
                 .set_name(self.index, port)
                 .await
@@ -250,16 +242,18 @@ impl Prepared {
             netlink
                 .set_up(self.index)
                 .await
-                .map_err(VethError::netlink("set the host end up"))
+                .map_err(VethError::netlink("set the host end up"))?;
+            Ok(parked)
         }
         .await;
         match attached {
-            Ok(()) => {
+            Ok(parked) => {
                 debug!(port, "veth wired");
                 Ok(Wired {
                     index: self.index,
                     name: port.to_owned(),
                     guard: self.guard,
+                    parked_tap: parked,
                 })
             }
             Err(err) => {
@@ -271,20 +265,30 @@ impl Prepared {
     }
 }
 
-/// Deletes the relay's tap that holds `port`, so the veth can take the
-/// name. The server's descriptor stays open but drives nothing: the relay
-/// never runs for this container again.
-async fn retire_tap(netlink: &Netlink, port: &str) -> Result<(), VethError> {
+/// Frees `port` of the relay's tap so the veth can take the name. A tap
+/// that never came up is renamed (cheap) and returned for deletion later;
+/// one that is up is deleted now, since a running link cannot be renamed.
+/// The server's descriptor stays open but drives nothing.
+async fn retire_tap(netlink: &Netlink, port: &str) -> Result<Option<u32>, VethError> {
     let tap = netlink
         .link(port)
         .await
         .map_err(VethError::netlink("look up the relay's tap"))?;
     match tap {
+        Some(link) if link.kind.as_deref() == Some("tun") && !link.up => {
+            let parked = format!("hpkt{:x}", std::process::id());
+            netlink
+                .set_name(link.index, &parked)
+                .await
+                .map_err(VethError::netlink("move the relay's tap aside"))?;
+            Ok(Some(link.index))
+        }
         Some(link) if link.kind.as_deref() == Some("tun") => netlink
             .del_link(link.index)
             .await
+            .map(|()| None)
             .map_err(VethError::netlink("delete the relay's tap")),
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
@@ -292,6 +296,16 @@ impl Wired {
     /// The host end's name (the tap name the server was given).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Deletes the relay's tap that [`Prepared::commit`] moved aside; call
+    /// once the container runs, as deleting a link waits for the kernel.
+    pub async fn delete_parked_tap(&mut self, netlink: &Netlink) {
+        if let Some(index) = self.parked_tap.take()
+            && let Err(err) = netlink.del_link(index).await
+        {
+            warn!(%err, "could not delete the relay's unused tap");
+        }
     }
 
     /// The guard's nftables table.

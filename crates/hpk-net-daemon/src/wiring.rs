@@ -141,13 +141,25 @@ pub struct FastPath {
 }
 
 impl FastPath {
-    /// Starts installing the port's guard right away when the policy can
-    /// ever wire (so nft runs while the container starts, not after).
-    pub fn new(policy: Policy, port: &str, bridge: Option<String>, stats: Arc<Stats>) -> Arc<Self> {
-        let guard = match (policy.mode, policy.allow) {
+    /// Starts installing the port's guard when `policy` can ever wire: call
+    /// it first thing, so nft runs while the tap is made and the container
+    /// starts, not after the container has asked.
+    pub fn start_guard(policy: &Policy, port: &str) -> Option<PendingGuard> {
+        match (policy.mode, policy.allow) {
             (DataPathMode::Relay, _) | (_, None) => None,
             (_, Some((mac, ip))) => Some(BridgeGuard::start_install(port, mac, ip)),
-        };
+        }
+    }
+
+    /// The fast path of a server; `guard` is what [`FastPath::start_guard`]
+    /// started for the same policy and port.
+    pub fn new(
+        policy: Policy,
+        port: &str,
+        bridge: Option<String>,
+        stats: Arc<Stats>,
+        guard: Option<PendingGuard>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             policy,
             port: port.to_owned(),
@@ -212,6 +224,16 @@ impl FastPath {
         Ok(prepared
             .commit(&netlink, port, self.bridge.as_deref())
             .await?)
+    }
+
+    /// Work that waits until the container runs: deleting the relay's
+    /// unused tap, which the pair's wiring only moved aside.
+    pub async fn settle(&self) {
+        if let Some(pair) = self.wired.lock().await.as_mut()
+            && let Ok(netlink) = Netlink::open()
+        {
+            pair.delete_parked_tap(&netlink).await;
+        }
     }
 
     /// Removes the pair and the guard (or the guard's pending installation).

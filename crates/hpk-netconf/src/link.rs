@@ -213,19 +213,25 @@ impl Netlink {
     }
 
     /// Creates a veth pair whose both ends have `mtu` and whose peer has
-    /// `peer_mac`, and returns the index of `name`. [`Error::AlreadyExists`]
-    /// if either name is taken.
+    /// `peer_mac` and is made right inside `peer_netns` when given (no move,
+    /// so no wait for the kernel's grace period; the kernel asks for
+    /// CAP_NET_ADMIN there as a move would), and returns the index of
+    /// `name`. [`Error::AlreadyExists`] if either name is taken.
     pub async fn add_veth_with(
         &self,
         name: &str,
         peer: &str,
         mtu: u32,
         peer_mac: MacAddr,
+        peer_netns: Option<BorrowedFd<'_>>,
     ) -> Result<u32> {
-        let peer_message = LinkUnspec::new_with_name(peer)
+        let mut peer_builder = LinkUnspec::new_with_name(peer)
             .mtu(mtu)
-            .address(peer_mac.octets().to_vec())
-            .build();
+            .address(peer_mac.octets().to_vec());
+        if let Some(netns) = peer_netns {
+            peer_builder = peer_builder.setns_by_fd(netns.as_raw_fd());
+        }
+        let peer_message = peer_builder.build();
         let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(nl::InfoKind::Veth)
             .name(name.to_owned())
             .mtu(mtu)
