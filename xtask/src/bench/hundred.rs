@@ -33,6 +33,8 @@ pub struct Hundred {
     pub count: usize,
     /// Spawn of the first to `up` of the last.
     pub all_up: Duration,
+    /// SIGTERM to all until the last has released everything.
+    pub all_stopped: Duration,
     /// Distinct addresses among those that came up.
     pub distinct: usize,
     /// Data paths `hpktainer ps` reported, with how many of each.
@@ -82,8 +84,8 @@ pub fn measure(binaries: &Binaries, mode: DataPathMode, count: usize) -> Result<
         );
     }
     let all_up = up.iter().map(|c| c.up_at).max().unwrap_or(start) - start;
-    let figures = summarise(&bubble, mode, &up, all_up)?;
-    stop_all(up);
+    let mut figures = summarise(&bubble, mode, &up, all_up)?;
+    figures.all_stopped = stop_all(up)?;
     Ok(figures)
 }
 
@@ -158,6 +160,7 @@ fn summarise(
         mode,
         count: up.len(),
         all_up,
+        all_stopped: Duration::ZERO,
         distinct: distinct.len(),
         paths,
         network: per(network),
@@ -172,17 +175,29 @@ fn is_daemon(cmdline: &str) -> bool {
     program.ends_with("hpk-net-daemon") && matches!(words.next(), Some("server" | "client"))
 }
 
-/// SIGTERM to every hpktainer at once, then wait for each: they release
-/// their addresses on the way out.
-fn stop_all(up: Vec<Started>) {
+/// SIGTERM to every hpktainer at once, then wait (up to [`PATIENCE`]) for
+/// all: they release their addresses on the way out, and a hundred
+/// releases queue on the state lock and the kernel's link deletions.
+fn stop_all(mut up: Vec<Started>) -> Result<Duration> {
+    let start = Instant::now();
     for container in &up {
         // The guard has not reaped it yet, so the pid is still this child's.
         let pid = nix::unistd::Pid::from_raw(container.proc.pid());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     }
-    for mut container in up {
-        container.proc.wait();
+    while !up.is_empty() {
+        interrupt::check()?;
+        if start.elapsed() > PATIENCE {
+            bail!(
+                "{} containers still running {} s after SIGTERM",
+                up.len(),
+                PATIENCE.as_secs()
+            );
+        }
+        up.retain_mut(|container| container.proc.is_running());
+        std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(start.elapsed())
 }
 
 /// Prints the figures with the target.
@@ -190,10 +205,11 @@ pub fn print(runs: &[Hundred]) {
     println!();
     println!("a hundred containers at once in one bubble (hpktainer run, stand-in apptainer)");
     println!(
-        "  {:<8} {:>5} {:>10} {:>9} {:<16} {:>14} {:>14} {:>16}",
+        "  {:<8} {:>5} {:>10} {:>10} {:>9} {:<16} {:>14} {:>14} {:>16}",
         "mode",
         "up",
         "all up s",
+        "stopped s",
         "distinct",
         "paths (ps)",
         "relay RSS KiB",
@@ -203,10 +219,11 @@ pub fn print(runs: &[Hundred]) {
     for run in runs {
         let paths: Vec<String> = run.paths.iter().map(|(p, n)| format!("{n} {p}")).collect();
         println!(
-            "  {:<8} {:>5} {:>10.2} {:>9} {:<16} {:>14} {:>14} {:>16}",
+            "  {:<8} {:>5} {:>10.2} {:>10.2} {:>9} {:<16} {:>14} {:>14} {:>16}",
             run.mode.as_str(),
             run.count,
             run.all_up.as_secs_f64(),
+            run.all_stopped.as_secs_f64(),
             run.distinct,
             paths.join(", "),
             run.network.rss_kib,
