@@ -65,6 +65,11 @@ pub const TEST_TOOLS: &[Tool] = &[
         path: "/usr/bin/man",
         package: "man-db",
     },
+    // The plain-framing peer that is not our code, for the interop test.
+    Tool {
+        path: "/usr/bin/passt",
+        package: "passt",
+    },
 ];
 
 /// Installs the packages of missing `tools` (root on Debian/Ubuntu), or

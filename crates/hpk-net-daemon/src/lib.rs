@@ -3,7 +3,9 @@
 //! container.
 //!
 //! The wire format is a 4-byte big-endian length before every frame (see
-//! [`codec`]). The server owns the host-side tap and serves one peer at a
+//! [`codec`]); a hello at every connection ([`hello`], [`negotiate`]) may
+//! add a virtio-net header to each frame so 64 KiB super-frames and
+//! unfinished checksums cross intact, while plain peers keep the baseline. The server owns the host-side tap and serves one peer at a
 //! time, newest wins ([`server`]); the client configures `tap0` inside the
 //! container, keeps the connection up and can run the user's command
 //! ([`client`]).

@@ -173,8 +173,8 @@ fn run_containers(
 }
 
 /// `hpktainer run --bind probe IMAGE sh -c SCRIPT` inside `bubble` (the
-/// image's runscript runs its arguments).
-fn hpktainer_run(bubble: &Bubble, image: &Path, script: &str) -> Command {
+/// image's runscript runs its arguments); hpk-probe is at `/probe`.
+pub fn hpktainer_run(bubble: &Bubble, image: &Path, script: &str) -> Command {
     let mut command = bubble.command(bin_path("hpktainer"));
     command.envs(bubble.hpktainer_env());
     command.env("HPKTAINER_APPTAINER", bin_path("apptainer-standin"));

@@ -17,6 +17,8 @@ pub const IPERF_PORT: u16 = 5201;
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     pub bits_per_second: f64,
+    /// Bytes the receiving side took in over the run.
+    pub bytes: f64,
     pub retransmits: Option<u64>,
 }
 
@@ -53,6 +55,7 @@ fn parse_iperf3(stdout: &str) -> Result<Sample> {
         .context("iperf3 report has no end.sum_received.bits_per_second")?;
     Ok(Sample {
         bits_per_second,
+        bytes: received["bytes"].as_f64().unwrap_or_default(),
         retransmits: report["end"]["sum_sent"]["retransmits"].as_u64(),
     })
 }

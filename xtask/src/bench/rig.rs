@@ -50,6 +50,15 @@ impl DataPath {
             client_args: Vec::new(),
         }
     }
+
+    /// The relay forced to plain framing on both sides (no offloads).
+    pub fn relay_plain() -> Self {
+        let off = vec!["--offload".to_owned(), "off".to_owned()];
+        Self::Relay {
+            server_args: off.clone(),
+            client_args: off,
+        }
+    }
 }
 
 /// One thing to measure.
@@ -59,14 +68,30 @@ pub struct Setup {
     pub path: DataPath,
     /// MTU of the bridge and of every interface on the path.
     pub mtu: u32,
+    /// Whether segmentation and checksum offloads are on along the path
+    /// (veth has them by default; the relay when it negotiates them).
+    pub offload: bool,
 }
 
 impl Setup {
     pub fn new(name: &str, path: DataPath, mtu: u32) -> Self {
+        let offload = match &path {
+            DataPath::Veth => true,
+            DataPath::Relay {
+                server_args,
+                client_args,
+            } => !server_args
+                .iter()
+                .chain(client_args)
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|pair| pair[0] == "--offload" && pair[1] == "off"),
+        };
         Self {
             name: name.to_owned(),
             path,
             mtu,
+            offload,
         }
     }
 
