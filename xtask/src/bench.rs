@@ -10,9 +10,13 @@
 //! against the veth row of the same MTU and checks the targets. Results go
 //! to stdout, progress to stderr.
 
+mod fastpath;
+mod hpk_bubble;
+mod hundred;
 mod measure;
 mod report;
 mod rig;
+mod starts;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,17 +26,25 @@ use anyhow::{Context, Result, bail};
 use crate::interrupt;
 
 use crate::prereq::{self, Tool};
+use hpk_net_daemon::veth::DataPathMode;
 use rig::{DataPath, Row, Setup};
 
 const USAGE: &str = "\
-usage: cargo xtask bench [relay] [--duration SECONDS] [--repeats N] [--markdown] [--no-install]
+usage: cargo xtask bench [relay|fastpath|starts|hundred|all] [--duration SECONDS] [--repeats N]
+                         [--starts N] [--containers N] [--markdown] [--no-install]
 
-  relay               only the relay-vs-veth figures (the default runs every benchmark)
+  relay               the relay against veth (throughput, round trip, CPU, RSS)
+  fastpath            a container hpktainer wired (veth and relay) against veth by hand
+  starts              time hpktainer adds before the first instruction, both paths
+  hundred             a hundred containers at once in one bubble, both paths
+  all                 every one of them (the default)
 
   --duration SECONDS  length of each iperf3 run (default 5)
   --repeats N         iperf3 runs per setup and direction; the median is reported (default 3)
   --markdown          also print the tables as markdown, for the README
   --no-install        fail instead of installing missing tools with apt-get
+  --starts N          starts per kind for `starts`; the median is reported (default 20)
+  --containers N      containers for `hundred` (default 100)
 
 Needs root and /dev/net/tun. All traffic stays between namespaces the bench creates.";
 
@@ -77,18 +89,19 @@ struct Options {
     repeats: usize,
     markdown: bool,
     install: bool,
+    starts: usize,
+    containers: usize,
 }
 
 /// Runs the task.
 pub fn run(args: &[String]) -> Result<()> {
-    // Every benchmark when none is named; today the relay's is all there is.
-    let rest = match args.split_first() {
-        Some((which, rest)) if which == "relay" => rest,
-        Some((which, _)) if !which.starts_with("--") => {
-            bail!("unknown benchmark {which:?}\n\n{USAGE}")
-        }
-        _ => args,
+    let (which, rest) = match args.split_first() {
+        Some((which, rest)) if !which.starts_with('-') => (which.as_str(), rest),
+        _ => ("all", args),
     };
+    if !["relay", "fastpath", "starts", "hundred", "all"].contains(&which) {
+        bail!("unknown benchmark {which:?}\n\n{USAGE}");
+    }
     let options = parse_options(rest)?;
     preflight(options.install)?;
     interrupt::install();
@@ -99,8 +112,38 @@ pub fn run(args: &[String]) -> Result<()> {
         profile: PROFILE,
         daemon: build_daemon()?,
     };
-    let rows = measure_all(&bench, &setups())?;
-    report::print(&bench, &rows, options.markdown);
+    if matches!(which, "relay" | "all") {
+        let rows = measure_all(&bench, &setups())?;
+        report::print(&bench, &rows, options.markdown);
+    }
+    if which != "relay" {
+        run_hpktainer_benches(which, &bench, &options)?;
+    }
+    Ok(())
+}
+
+/// The benches that go through hpktainer itself (issue 7).
+fn run_hpktainer_benches(which: &str, bench: &Bench, options: &Options) -> Result<()> {
+    let binaries = hpk_bubble::build()?;
+    if matches!(which, "fastpath" | "all") {
+        fastpath::print(&fastpath::measure(&binaries, bench)?);
+    }
+    if matches!(which, "starts" | "all") {
+        eprintln!("bench: start-up, {} runs of each kind", options.starts);
+        starts::print(&starts::measure(&binaries, options.starts)?);
+    }
+    if matches!(which, "hundred" | "all") {
+        let mut runs = Vec::new();
+        for mode in [DataPathMode::Relay, DataPathMode::Veth] {
+            eprintln!(
+                "bench: {} containers at once, {}",
+                options.containers,
+                mode.as_str()
+            );
+            runs.push(hundred::measure(&binaries, mode, options.containers)?);
+        }
+        hundred::print(&runs);
+    }
     Ok(())
 }
 
@@ -137,20 +180,24 @@ fn parse_options(args: &[String]) -> Result<Options> {
         repeats: 3,
         markdown: false,
         install: true,
+        starts: 20,
+        containers: 100,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--duration" => options.duration = parse_value(arg, args.next())?,
             "--repeats" => options.repeats = parse_value(arg, args.next())?,
+            "--starts" => options.starts = parse_value(arg, args.next())?,
+            "--containers" => options.containers = parse_value(arg, args.next())?,
             "--markdown" => options.markdown = true,
             "--no-install" => options.install = false,
             "--help" | "-h" => bail!("{USAGE}"),
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
     }
-    if options.duration == 0 || options.repeats == 0 {
-        bail!("--duration and --repeats must be at least 1");
+    if options.duration == 0 || options.repeats == 0 || options.starts == 0 {
+        bail!("--duration, --repeats and --starts must be at least 1");
     }
     Ok(options)
 }

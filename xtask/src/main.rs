@@ -30,10 +30,12 @@ tasks:
   demo [--mtu-1500] [--no-install]
                     two bubbles on the embedded overlay testbed, a container in
                     each (hpktainer run), talking across VXLAN and to the outside
-  bench [relay] [--duration S] [--repeats N] [--markdown]
-                    every benchmark (or only relay: veth, relay plain, relay with
-                    offloads at MTU 1450 and 65470): throughput both ways, round
-                    trip, CPU per GiB, peak RSS, ratios and targets
+  bench [relay|fastpath|starts|hundred|all] [--duration S] [--repeats N] [--markdown]
+                    every benchmark by default; relay: veth, relay plain, relay
+                    with offloads at MTU 1450 and 65470 (throughput both ways,
+                    round trip, CPU per GiB, peak RSS); fastpath: the veth path
+                    as hpktainer wires it; starts: start overhead; hundred: a
+                    hundred containers at once
   dist [--check] [--no-install]
                     static release executables (dist/x86_64, dist/aarch64 when
                     that target is installed) with SHA256SUMS, man pages and

@@ -26,6 +26,8 @@ use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::Stats;
 use crate::tap::Tap;
+use crate::veth::{self, ContainerSide, DataPathMode};
+use crate::wiring::{self, Attempt};
 
 /// First wait between connection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(5);
@@ -58,6 +60,11 @@ pub struct ClientConfig {
     /// How long to wait for the server at start, in milliseconds.
     #[arg(long = "connect-timeout-ms", value_name = "MS", default_value = "5000", value_parser = parse_millis)]
     pub connect_timeout: Duration,
+    /// Data path to ask for: `auto` offers this network namespace so the
+    /// server can wire a veth pair, and takes the relay when it cannot;
+    /// `veth` fails without the pair; `relay` never offers.
+    #[arg(long, value_enum, env = "HPK_DATA_PATH", default_value_t = DataPathMode::Auto)]
+    pub data_path: DataPathMode,
     /// Offer segmentation and checksum offloads to the server (`off`:
     /// plain framing only).
     #[arg(long, env = "HPK_OFFLOAD", value_enum, default_value_t = Offload::On)]
@@ -93,6 +100,13 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
         info!(tap = %config.tap, "already configured by another client; not relaying twice");
         return exec_command(&config.command);
     }
+    if offers_veth(&config) && fast_path(&config).await? {
+        info!(tap = %config.tap, address = %config.address, "network up: the server wired a veth pair");
+        return match stop {
+            Some(stop) => run_until_stopped(std::future::pending(), stop).await,
+            None => exec_command(&config.command),
+        };
+    }
 
     let tap = Tap::create(&config.tap)
         .with_context(|| format!("create {} (is /dev/net/tun available?)", config.tap))?;
@@ -121,6 +135,40 @@ pub async fn run(config: ClientConfig) -> Result<i32> {
     tokio::select! {
         status = supervisor.run(&config.command) => status,
         _ = relay => unreachable!("the relay loop never returns"),
+    }
+}
+
+/// Whether to offer the fast path: asked for, and under the name the
+/// server gives the container's end.
+fn offers_veth(config: &ClientConfig) -> bool {
+    config.data_path != DataPathMode::Relay && config.tap == veth::CONTAINER_LINK
+}
+
+/// Offers this namespace on a connection of its own; `true` when the
+/// server wired the veth pair, `false` when the relay is to be set up.
+async fn fast_path(config: &ClientConfig) -> Result<bool> {
+    let stream = connect_bounded(&config.socket, config.connect_timeout).await?;
+    let side = ContainerSide {
+        address: config.address,
+        gateway: config.gateway,
+        mac: config.effective_mac(),
+        // The server puts its bridge's MTU in force when it has one.
+        mtu: config.mtu.unwrap_or(1500),
+    };
+    let attempt = wiring::offer(stream, config.data_path, &side)
+        .await
+        .context("offer the fast path to the relay server")?;
+    match attempt {
+        Attempt::Wired => Ok(true),
+        Attempt::Refused(reason) => bail!("the relay server refused the connection: {reason}"),
+        Attempt::Relay if config.data_path == DataPathMode::Veth => bail!(
+            "the relay server answered with the relay, and --data-path veth refuses it \
+             (run the server with --data-path auto or veth, and --allow-mac/--allow-ip)"
+        ),
+        Attempt::Relay => {
+            debug!("the relay server relays; making the tap");
+            Ok(false)
+        }
     }
 }
 

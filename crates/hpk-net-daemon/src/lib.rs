@@ -10,10 +10,12 @@
 //! container, keeps the connection up and can run the user's command
 //! ([`client`]).
 
+pub mod bridge_guard;
 pub mod child;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod fastpath;
 pub mod filter;
 pub mod hello;
 pub mod killpoint;
@@ -23,6 +25,8 @@ pub mod server;
 pub mod signals;
 pub mod stats;
 pub mod tap;
+pub mod veth;
+pub mod wiring;
 
 /// Installs the stderr logger: `filter` if given, else `RUST_LOG`, else info.
 ///

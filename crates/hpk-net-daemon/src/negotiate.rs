@@ -139,18 +139,48 @@ pub async fn server(
     offload: bool,
     reader: &mut FrameReader,
 ) -> io::Result<(Framing, Option<Offer>)> {
+    match read_offer(stream, reader).await? {
+        Some(offer) => {
+            let framing = answer_offer(stream, tap, mac, offload, reader, &offer.hello).await?;
+            Ok((framing, Some(offer)))
+        }
+        None => plain(tap, reader).map(|framing| (framing, None)),
+    }
+}
+
+/// Server side, first half: waits for the peer's first frame and returns
+/// it as an offer, or `None` for a plain peer (its frame stays in
+/// `reader`; call [`plain`]). The fast path decides between the halves.
+pub async fn read_offer(
+    stream: &UnixStream,
+    reader: &mut FrameReader,
+) -> io::Result<Option<Offer>> {
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let netns = match read_first_frame(stream, reader, deadline).await? {
         FirstFrame::Frame(netns) => netns,
         FirstFrame::Silence => {
             debug!("peer silent: a plain peer");
-            return apply(tap, Framing::PLAIN, reader).map(|framing| (framing, None));
+            return Ok(None);
         }
     };
-    let Some(hello) = take_hello(reader, Kind::Offer) else {
-        return apply(tap, Framing::PLAIN, reader).map(|framing| (framing, None));
-    };
+    Ok(take_hello(reader, Kind::Offer).map(|hello| Offer { hello, netns }))
+}
 
+/// Server side for a plain peer: plain framing on the tap.
+pub fn plain(tap: &Tap, reader: &mut FrameReader) -> io::Result<Framing> {
+    apply(tap, Framing::PLAIN, reader)
+}
+
+/// Server side, second half: answers `hello` for the relay (plain framing
+/// only with `offload` false) and applies the agreement to the tap.
+pub async fn answer_offer(
+    stream: &UnixStream,
+    tap: &Tap,
+    mac: [u8; 6],
+    offload: bool,
+    reader: &mut FrameReader,
+    hello: &Hello,
+) -> io::Result<Framing> {
     let (header, capable) = if offload {
         (VNET_HDR_LEN as u16, tap.capable_offloads())
     } else {
@@ -169,7 +199,7 @@ pub async fn server(
     let framing = apply(tap, framing, reader)?;
     answer.offloads = framing.offloads;
     send_hello(stream, &answer.encode(mac), None).await?;
-    Ok((framing, Some(Offer { hello, netns })))
+    Ok(framing)
 }
 
 /// Sets the tap's offloads and the reader's limit for what was agreed.

@@ -20,12 +20,17 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::codec::FrameReader;
+use crate::fastpath::Policy;
 use crate::filter::SourceFilter;
 use crate::negotiate::{self, Offload};
+use crate::negotiate::{Framing, Offer};
 use crate::relay::{self, ConnectionEnd};
 use crate::signals::StopSignals;
 use crate::stats::{self, Stats};
 use crate::tap::Tap;
+use crate::veth::DataPathMode;
+use crate::wiring::{self, Decision, FastPath};
 
 /// Longest path a UNIX socket address holds (`sun_path` less its NUL).
 pub const SUN_PATH_MAX: usize = 107;
@@ -61,6 +66,11 @@ pub struct ServerConfig {
     /// from the MAC's link-local address (with `--allow-mac`).
     #[arg(long, value_name = "IPV4", requires = "allow_mac")]
     pub allow_ip: Option<Ipv4Addr>,
+    /// Data path: `auto` wires a veth pair when the client offers its
+    /// namespace and the kernel allows it, else relays; `veth` refuses
+    /// clients it cannot wire; `relay` never wires.
+    #[arg(long, value_enum, default_value_t = DataPathMode::Auto)]
+    pub data_path: DataPathMode,
     /// Accept a client's offer of segmentation and checksum offloads
     /// (`off`: answer with plain framing).
     #[arg(long, value_enum, default_value_t = Offload::On)]
@@ -91,6 +101,15 @@ fn parse_owner(text: &str) -> Result<(u32, Option<u32>)> {
     Ok((uid, gid))
 }
 
+/// The fast path's policy from the command line.
+fn fast_policy(config: &ServerConfig) -> Policy {
+    Policy {
+        mode: config.data_path,
+        allow: config.allow_mac.zip(config.allow_ip),
+        mtu: config.mtu,
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(config: ServerConfig) -> Result<()> {
     check_socket_path(&config.socket)?;
@@ -101,6 +120,8 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         .ready_fd
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     clear_stale_socket(&config.socket).await?;
+    let policy = fast_policy(&config);
+    let guard = FastPath::start_guard(&policy, &config.tap);
 
     let tap = Tap::create(&config.tap).with_context(|| {
         format!(
@@ -108,7 +129,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.tap
         )
     })?;
-    let mac = configure_tap(&config).await?;
+    let (mac, attach) = configure_tap(&config).await?;
 
     let mut listeners = Listeners::bind(&config)?;
     let stats = Stats::new();
@@ -127,14 +148,24 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         info!(%mac, %ip, "forwarding only frames from the container's own addresses");
     }
 
+    let fast = FastPath::new(
+        policy,
+        &config.tap,
+        config.bridge.clone(),
+        stats.clone(),
+        guard,
+    );
     let peer = Peer {
         tap: Arc::new(tap),
         stats,
         filter,
         mac,
         offload: config.offload,
+        fast: fast.clone(),
+        attach: Arc::new(tokio::sync::Mutex::new(attach)),
     };
     let result = serve(&listeners.relay, peer, stop).await;
+    fast.teardown().await;
     listeners.remove_files();
     result
 }
@@ -181,6 +212,10 @@ struct Peer {
     /// The tap's MAC, the source of the server's answers.
     mac: [u8; 6],
     offload: Offload,
+    /// Decides veth offers, and holds the veth pair once wired.
+    fast: Arc<FastPath>,
+    /// Still to do before the first peer is relayed.
+    attach: Arc<tokio::sync::Mutex<Option<TapAttach>>>,
 }
 
 impl Peer {
@@ -189,17 +224,11 @@ impl Peer {
         debug!("peer connected");
         negotiate::size_socket_buffers(&stream);
         let mut reader = relay::new_reader();
-        let hello = negotiate::server(
-            &stream,
-            &self.tap,
-            self.mac,
-            self.offload.is_on(),
-            &mut reader,
-        );
-        let framing = match hello.await {
-            Ok((framing, offer)) => {
+        let framing = match self.hello(&stream, &mut reader).await {
+            Ok(None) => return,
+            Ok(Some((framing, offer))) => {
                 info!(
-                    offered = offer.is_some(),
+                    offered = offer,
                     vnet_header = framing.vnet_header,
                     offloads = format_args!("{:#x}", framing.offloads),
                     "framing agreed with the peer"
@@ -237,9 +266,53 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// The hello: a plain peer or an offer for the relay gives the framing
+    /// to relay with (and whether there was an offer); an offer the fast
+    /// path wires or refuses is answered here and ends the connection.
+    async fn hello(
+        &self,
+        stream: &UnixStream,
+        reader: &mut FrameReader,
+    ) -> std::io::Result<Option<(Framing, bool)>> {
+        let Some(Offer { hello, netns }) = negotiate::read_offer(stream, reader).await? else {
+            self.attach_tap().await?;
+            return negotiate::plain(&self.tap, reader).map(|framing| Some((framing, false)));
+        };
+        match self.fast.decide(&hello, netns).await {
+            Decision::Relay => {
+                self.attach_tap().await?;
+                let offload = self.offload.is_on();
+                let answer =
+                    negotiate::answer_offer(stream, &self.tap, self.mac, offload, reader, &hello);
+                Ok(Some((answer.await?, true)))
+            }
+            decision => {
+                wiring::answer(stream, self.mac, &decision).await?;
+                self.fast.settle().await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Puts the tap on the bridge and up, once, before it relays.
+    async fn attach_tap(&self) -> std::io::Result<()> {
+        let mut attach = self.attach.lock().await;
+        if let Some(pending) = attach.as_ref() {
+            let netlink = Netlink::open().map_err(std::io::Error::other)?;
+            pending
+                .apply(&netlink)
+                .await
+                .map_err(std::io::Error::other)?;
+            *attach = None;
+        }
+        Ok(())
+    }
+}
+
 /// Sets MTU, queue length and bridge on the tap and brings it up; returns
 /// its MAC.
-async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
+async fn configure_tap(config: &ServerConfig) -> Result<([u8; 6], Option<TapAttach>)> {
     let netlink = Netlink::open().context("open netlink socket")?;
     let link = netlink
         .link(&config.tap)
@@ -254,18 +327,55 @@ async fn configure_tap(config: &ServerConfig) -> Result<[u8; 6]> {
     netlink
         .set_txqueuelen(link.index, config.txqueuelen)
         .await?;
-    if let Some(bridge) = &config.bridge {
-        let master = netlink
-            .link(bridge)
-            .await?
-            .with_context(|| format!("bridge {bridge} does not exist"))?;
-        netlink
-            .set_master(link.index, master.index)
-            .await
-            .with_context(|| format!("attach {} to {bridge}", config.tap))?;
+    let master = match &config.bridge {
+        Some(bridge) => Some(
+            netlink
+                .link(bridge)
+                .await?
+                .with_context(|| format!("bridge {bridge} does not exist"))?
+                .index,
+        ),
+        None => None,
+    };
+    let attach = TapAttach {
+        tap: link.index,
+        master,
+    };
+    let mac = link.mac.map(|mac| mac.octets()).unwrap_or_default();
+    // A server that may wire a veth pair leaves its tap down and off the
+    // bridge until a peer is relayed: the veth then takes the tap's name
+    // by a cheap rename of the unused tap instead of its deletion, which
+    // waits for the kernel's grace period on the container's start path.
+    // Only a server that can ever wire defers: the relay tests' plain peer
+    // whose first frame is an ARP request got no answer when the tap came
+    // up just before that frame was written (cause not found yet; a
+    // container's ARP is retried, a test's single frame is not), so a
+    // server that can only relay keeps attaching at start as it always did.
+    let may_wire = config.data_path != DataPathMode::Relay && config.source_filter().is_some();
+    if !may_wire {
+        attach.apply(&netlink).await?;
+        return Ok((mac, None));
     }
-    netlink.set_up(link.index).await?;
-    Ok(link.mac.map(|mac| mac.octets()).unwrap_or_default())
+    Ok((mac, Some(attach)))
+}
+
+/// Putting the tap on the bridge and up.
+struct TapAttach {
+    tap: u32,
+    master: Option<u32>,
+}
+
+impl TapAttach {
+    async fn apply(&self, netlink: &Netlink) -> Result<()> {
+        if let Some(master) = self.master {
+            netlink
+                .set_master(self.tap, master)
+                .await
+                .context("attach the tap to the bridge")?;
+        }
+        netlink.set_up(self.tap).await?;
+        Ok(())
+    }
 }
 
 /// The relay socket and its control socket, unlinked again on shutdown.

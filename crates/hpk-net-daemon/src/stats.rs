@@ -8,7 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +54,8 @@ pub struct Stats {
     connections: AtomicU64,
     protocol_errors: AtomicU64,
     spoofed: AtomicU64,
+    /// 1 while a veth pair carries the container's frames, else 0.
+    veth: AtomicU8,
     /// The current connection's vnet header length (0: plain framing).
     vnet_header_len: AtomicU64,
     /// The current connection's `TUN_F_*` offloads.
@@ -89,6 +91,11 @@ impl Stats {
         self.spoofed.fetch_add(1, Relaxed) + 1
     }
 
+    /// Records which data path carries the container's frames now.
+    pub fn set_data_path(&self, path: DataPath) {
+        self.veth.store(u8::from(path == DataPath::Veth), Relaxed);
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
@@ -97,6 +104,10 @@ impl Stats {
             connections: self.connections.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             spoofed: self.spoofed.load(Relaxed),
+            data_path: match self.veth.load(Relaxed) {
+                0 => DataPath::Relay,
+                _ => DataPath::Veth,
+            },
             framing: FramingSnapshot {
                 vnet_header_len: self.vnet_header_len.load(Relaxed),
                 offloads: self.offloads.load(Relaxed),
@@ -124,9 +135,34 @@ pub struct StatsSnapshot {
     /// from `socket_to_tap.dropped`, which the kernel refused).
     #[serde(default)]
     pub spoofed: u64,
+    /// The data path in use (a relay that predates the fast path reports
+    /// none, which reads as the relay).
+    #[serde(default)]
+    pub data_path: DataPath,
     /// What the current (or last) connection agreed on.
     #[serde(default)]
     pub framing: FramingSnapshot,
+}
+
+/// How a container's frames reach the bridge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPath {
+    /// Through the tap and this relay.
+    #[default]
+    Relay,
+    /// Through a veth pair; the relay carries nothing.
+    Veth,
+}
+
+impl DataPath {
+    /// The word `ps` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Veth => "veth",
+        }
+    }
 }
 
 /// The agreement of the current connection, as reported.

@@ -97,6 +97,8 @@ impl Rig {
         let mut command = self.container.command(DAEMON);
         command.arg("client").arg("--socket").arg(&self.socket);
         command.args(["--address", address, "--gateway", GATEWAY, "--mtu", "1500"]);
+        // These tests are of the relay: never offer the fast path.
+        command.args(["--data-path", "relay"]);
         command
     }
 

@@ -189,6 +189,58 @@ impl Netlink {
             .await
     }
 
+    /// Moves the link into the network namespace `netns_fd` refers to and
+    /// renames it there in the same request, like `ip link set DEV netns NS
+    /// name NAME`, so the name is never taken in the wrong namespace.
+    pub async fn set_netns_fd_named(
+        &self,
+        index: u32,
+        netns_fd: BorrowedFd<'_>,
+        name: &str,
+    ) -> Result<()> {
+        let builder = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns_fd.as_raw_fd())
+            .name(name.to_owned());
+        let what = format!("move to another network namespace as {name}");
+        self.change(index, what, builder).await
+    }
+
+    /// Renames the link, like `ip link set DEV name NAME` (it must be down).
+    pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
+        let builder = LinkUnspec::new_with_index(index).name(name.to_owned());
+        self.change(index, format!("rename to {name}"), builder)
+            .await
+    }
+
+    /// Creates a veth pair whose both ends have `mtu` and whose peer has
+    /// `peer_mac` and is made right inside `peer_netns` when given (no move,
+    /// so no wait for the kernel's grace period; the kernel asks for
+    /// CAP_NET_ADMIN there as a move would), and returns the index of
+    /// `name`. [`Error::AlreadyExists`] if either name is taken.
+    pub async fn add_veth_with(
+        &self,
+        name: &str,
+        peer: &str,
+        mtu: u32,
+        peer_mac: MacAddr,
+        peer_netns: Option<BorrowedFd<'_>>,
+    ) -> Result<u32> {
+        let mut peer_builder = LinkUnspec::new_with_name(peer)
+            .mtu(mtu)
+            .address(peer_mac.octets().to_vec());
+        if let Some(netns) = peer_netns {
+            peer_builder = peer_builder.setns_by_fd(netns.as_raw_fd());
+        }
+        let peer_message = peer_builder.build();
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(nl::InfoKind::Veth)
+            .name(name.to_owned())
+            .mtu(mtu)
+            .set_info_data(nl::InfoData::Veth(nl::InfoVeth::Peer(peer_message)))
+            .build();
+        self.add_link(name, format!("link {name} or {peer}"), message)
+            .await
+    }
+
     /// Deletes the link, like `ip link del DEV`.
     pub async fn del_link(&self, index: u32) -> Result<()> {
         debug!(link = index, "delete link");

@@ -5,6 +5,7 @@
 //! thread end. A netlink socket opened on that thread stays bound to the
 //! namespace; tokio workers never leave theirs.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::{any::Any, fs::File, future::Future, io, path::Path, thread};
 
 use nix::sched::{CloneFlags, setns};
@@ -24,12 +25,39 @@ where
     T: Send,
 {
     let namespace = File::open(path).map_err(|source| namespace_error(path, source))?;
+    run_in_file(path, namespace.as_fd(), f)
+}
 
+/// Same as [`run_in`] for a namespace already open as `fd` (for example one
+/// received over a UNIX socket); `label` names it in errors.
+pub fn run_in_fd<F, T>(label: &Path, fd: BorrowedFd<'_>, f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    run_in_file(label, fd, f)
+}
+
+/// Same as [`run_async_in`] for a namespace already open as `fd`.
+pub fn run_async_in_fd<F, Fut, T>(label: &Path, fd: BorrowedFd<'_>, f: F) -> Result<T>
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    run_in_file(label, fd, move || block_on_fresh_runtime(f))?
+}
+
+fn run_in_file<F, T>(path: &Path, namespace: BorrowedFd<'_>, f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
     let joined = thread::scope(|scope| {
         let worker = thread::Builder::new()
             .name("hpk-netns".into())
             .spawn_scoped(scope, move || -> Result<T> {
-                setns(&namespace, CloneFlags::CLONE_NEWNET)
+                setns(namespace, CloneFlags::CLONE_NEWNET)
                     .map_err(|errno| namespace_error(path, errno.into()))?;
                 Ok(f())
             })
@@ -55,16 +83,22 @@ where
     Fut: Future<Output = T>,
     T: Send,
 {
-    run_in(path, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                op: "start a tokio runtime inside a network namespace".into(),
-                source,
-            })?;
-        Ok(runtime.block_on(f()))
-    })?
+    run_in(path, move || block_on_fresh_runtime(f))?
+}
+
+fn block_on_fresh_runtime<F, Fut, T>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            op: "start a tokio runtime inside a network namespace".into(),
+            source,
+        })?;
+    Ok(runtime.block_on(f()))
 }
 
 fn namespace_error(path: &Path, source: io::Error) -> Error {

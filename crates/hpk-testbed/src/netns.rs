@@ -23,6 +23,16 @@ impl Netns {
         ns
     }
 
+    /// Names the network namespace process `pid` lives in (`ip netns
+    /// attach`), so a container started by someone else can be measured
+    /// from here; dropping it removes the name, not the namespace.
+    pub fn attach(tag: &str, pid: i32) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("hpkt-{tag}-{}-{n}", std::process::id());
+        run_ip(&["netns", "attach", &name, &pid.to_string()]);
+        Self { name }
+    }
+
     /// The namespace's name, as `ip netns` knows it.
     pub fn name(&self) -> &str {
         &self.name

@@ -29,6 +29,8 @@ pub struct Outcome {
     pub address_b: String,
     pub route_a: String,
     pub route_b: String,
+    /// B's data path as `hpktainer ps` reports it (veth or relay).
+    pub data_path_b: String,
     pub transfer: Digest,
     pub flannel_tx_delta: u64,
     pub flannel_rx_delta_b: u64,
@@ -93,7 +95,10 @@ fn run_containers(
         "container B has no default route: {line}"
     );
     let ip_b = address_b.split('/').next().unwrap_or_default().to_owned();
-    say(&format!("  container B: tap0 {address_b}, {route_b}"));
+    let data_path_b = data_path(&node_b.bubble)?;
+    say(&format!(
+        "  container B: tap0 {address_b}, {route_b}, data path {data_path_b}"
+    ));
 
     let (_, tx_before) = node_a.bubble.flannel_counters()?;
     let (rx_before_b, _) = node_b.bubble.flannel_counters()?;
@@ -159,6 +164,7 @@ fn run_containers(
         route_a,
         address_b,
         route_b,
+        data_path_b,
         transfer: expected,
         flannel_tx_delta,
         flannel_rx_delta_b,
@@ -178,6 +184,18 @@ pub fn hpktainer_run(bubble: &Bubble, image: &Path, script: &str) -> Command {
     command.args(["run", "--bind", &format!("{}:/probe", probe.display())]);
     command.arg(image).args(["sh", "-c", script]);
     command
+}
+
+/// The data path of the one container `hpktainer ps` lists in `bubble`.
+fn data_path(bubble: &Bubble) -> Result<String> {
+    let mut command = bubble.command(bin_path("hpktainer"));
+    command.envs(bubble.hpktainer_env()).args(["ps", "--json"]);
+    let text = checked("hpktainer ps", &command.output()?)?;
+    let entries: serde_json::Value = serde_json::from_str(&text).context("parse ps --json")?;
+    entries[0]["data_path"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no data path in {text}"))
 }
 
 fn checked(what: &str, output: &Output) -> Result<String> {

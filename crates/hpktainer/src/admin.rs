@@ -44,7 +44,11 @@ pub async fn ps_entries(state: &StateDir) -> Result<Vec<PsEntry>> {
             address: record.address.clone(),
             mac: record.mac.clone(),
             tap: record.tap.clone(),
-            data_path: format!("{:?}", record.data_path).to_lowercase(),
+            // The server decides at the container's hello: ask it first.
+            data_path: match &counters {
+                Some(counters) => counters.data_path.as_str().to_owned(),
+                None => format!("{:?}", record.data_path).to_lowercase(),
+            },
             pid: record.pid,
             instance: record.instance.clone(),
             image: record.image.clone(),

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use hpk_net_daemon::veth::DataPathMode;
+
 use crate::settings::Settings;
 
 const EXIT_CODES: &str = "\
@@ -62,6 +64,15 @@ pub struct Knobs {
     /// hpk-net-daemon (default: beside hpktainer, else on PATH).
     #[arg(long, env = "HPKTAINER_NET_DAEMON")]
     pub net_daemon: Option<PathBuf>,
+    /// Data path: veth pair on the bridge (`veth`), tap + userspace relay
+    /// (`relay`), or veth where the kernel allows it, else relay (`auto`).
+    #[arg(
+        long,
+        env = "HPKTAINER_DATA_PATH",
+        value_enum,
+        default_value_t = DataPathMode::Auto
+    )]
+    pub data_path: DataPathMode,
     /// Log filter, e.g. `info` or `hpktainer=debug` (default: RUST_LOG, else warn).
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -116,6 +127,7 @@ impl Knobs {
             bridge: self.bridge.clone(),
             net_daemon: self.net_daemon.clone(),
             relay_log_level: log_filter(self.log_level.as_deref()),
+            data_path: self.data_path,
         }
     }
 }

@@ -127,6 +127,7 @@ fn client_words(record: &Record, ctx: &Context, then: bool) -> Vec<OsString> {
         ctx.subnet.gateway().addr().to_string().into(),
     ]);
     words.extend(["--mtu".into(), ctx.subnet.mtu.to_string().into()]);
+    words.extend(["--data-path".into(), ctx.settings.data_path.as_str().into()]);
     words.extend([
         "--log-level".into(),
         ctx.settings.relay_log_level.clone().into(),

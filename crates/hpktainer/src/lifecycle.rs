@@ -17,6 +17,7 @@ use std::path::PathBuf;
 
 use hpk_ipam::{HostLocal, IpamConfig};
 use hpk_net_daemon::killpoint;
+use hpk_net_daemon::veth::DataPathMode;
 use hpk_netconf::{Ipv4Net, MacAddr, Netlink};
 use tracing::{info, warn};
 
@@ -159,6 +160,7 @@ fn start_relay(ctx: &Context, record: &mut Record, log_level: &str) -> Result<()
         mtu: ctx.subnet.mtu,
         log_level,
         allow: Some(allow),
+        data_path: ctx.settings.data_path,
         detached: record.instance.is_some(),
     };
     let relay = relay_server::start(&spec)?;
@@ -259,6 +261,7 @@ async fn release_marking(ctx: &Context, record: &Record, point: Option<&str>) ->
             failures.push(err);
         }
     }
+    failures.extend(remove_fast_path_leftovers(ctx, record).await);
     let previous = record
         .ipam_result
         .as_ref()
@@ -291,6 +294,36 @@ async fn release_marking(ctx: &Context, record: &Record, point: Option<&str>) ->
     }
     for failure in &failures {
         warn!(id = %record.id, "release: {failure}");
+    }
+    failures
+}
+
+/// Removes what a fast-path server killed before its own teardown left: the
+/// veth host end (it lives on while the container's namespace does) and the
+/// port's bridge guard. A server that exited cleanly left neither.
+async fn remove_fast_path_leftovers(ctx: &Context, record: &Record) -> Vec<Error> {
+    let mut failures = Vec::new();
+    let leftover = match ctx.netlink.link(&record.tap).await {
+        Ok(link) => link.filter(|link| link.kind.as_deref() == Some("veth")),
+        Err(err) => {
+            failures.push(Error::step(format!("look for {}", record.tap), err));
+            None
+        }
+    };
+    if let Some(link) = &leftover
+        && let Err(err) = ctx.netlink.del_link(link.index).await
+    {
+        failures.push(Error::step(format!("delete veth {}", record.tap), err));
+    }
+    // Relay-only runs never install a guard: spare them the nft process.
+    if leftover.is_some() || ctx.settings.data_path != DataPathMode::Relay {
+        match hpk_net_daemon::bridge_guard::remove_table(&record.tap) {
+            Ok(true) => info!(id = %record.id, "removed a dead fast path's bridge guard"),
+            Ok(false) => {}
+            // Without nft no guard was ever installed: auto chose the relay.
+            Err(hpk_net_daemon::bridge_guard::GuardError::Spawn(_)) => {}
+            Err(err) => failures.push(Error::step("remove the bridge guard", err)),
+        }
     }
     failures
 }

@@ -37,6 +37,8 @@ pub struct RelaySpec<'a> {
     /// The container's MAC and address: the only sources the relay lets
     /// through to the bridge.
     pub allow: Option<(&'a str, Ipv4Addr)>,
+    /// Which data path the server may wire.
+    pub data_path: hpk_net_daemon::veth::DataPathMode,
     /// Outlive hpktainer (instances) instead of dying with it.
     pub detached: bool,
 }
@@ -59,6 +61,7 @@ pub fn start(spec: &RelaySpec<'_>) -> Result<ProcessRef> {
             &spec.mtu.to_string(),
         ])
         .args(["--ready-fd", "3", "--log-level", spec.log_level])
+        .args(["--data-path", spec.data_path.as_str()])
         .stdin(Stdio::null());
     if let Some((mac, ip)) = spec.allow {
         command.args(["--allow-mac", mac, "--allow-ip", &ip.to_string()]);

@@ -37,6 +37,8 @@ pub struct Settings {
     pub net_daemon: Option<PathBuf>,
     /// Log filter handed to the relay processes.
     pub relay_log_level: String,
+    /// The data path the relay server may choose.
+    pub data_path: hpk_net_daemon::veth::DataPathMode,
 }
 
 impl Settings {

@@ -1,5 +1,6 @@
 //! A container cannot impersonate another or poison the bridge's ARP: the
-//! relay forwards only frames from the container's own MAC and address.
+//! relay forwards only frames from the container's own MAC and address, and
+//! on the fast path the port's nftables rules do the same.
 //! Needs root; run by `cargo xtask test` (ignored by a plain `cargo test`).
 
 mod common;
@@ -23,7 +24,17 @@ fn start(bubble: &Bubble, what: &str, script: &str, prefix: &'static str) -> (Pr
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn a_container_cannot_impersonate_another_or_poison_the_gateway() {
-    let bubble = Bubble::new();
+    impersonation_is_blocked("relay");
+}
+
+#[test]
+#[ignore = "needs root: run with cargo xtask test"]
+fn a_fast_path_container_cannot_impersonate_another_or_poison_the_gateway() {
+    impersonation_is_blocked("veth");
+}
+
+fn impersonation_is_blocked(path: &'static str) {
+    let bubble = Bubble::with_data_path(path);
     let (victim, address_b) = start(&bubble, "container B", "echo addr=${HPK_IP%/*}", "addr=");
 
     // A takes B's address as a second one, pings the gateway from it, and
@@ -46,17 +57,23 @@ fn a_container_cannot_impersonate_another_or_poison_the_gateway() {
     let ps = bubble.hpktainer(&["ps", "--json"]).output().unwrap();
     assert!(ps.status.success(), "{}", stderr(&ps));
     let entries: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
-    let spoofed = |address: &str| {
-        let entry = entries
+    let entry = |address: &str| {
+        entries
             .as_array()
             .unwrap()
             .iter()
             .find(|e| e["address"].as_str() == Some(&format!("{address}/24")))
-            .unwrap_or_else(|| panic!("no ps entry for {address}: {entries}"));
-        entry["counters"]["spoofed"].as_u64().unwrap()
+            .unwrap_or_else(|| panic!("no ps entry for {address}: {entries}"))
+            .clone()
     };
-    assert!(spoofed(address_a) > 0, "A's relay counted its spoofs");
-    assert_eq!(spoofed(&address_b), 0, "B sent nothing foreign");
+    for address in [address_a, &address_b] {
+        assert_eq!(entry(address)["data_path"], path, "{entries}");
+    }
+    if path == "relay" {
+        let spoofed = |address: &str| entry(address)["counters"]["spoofed"].as_u64().unwrap();
+        assert!(spoofed(address_a) > 0, "A's relay counted its spoofs");
+        assert_eq!(spoofed(&address_b), 0, "B sent nothing foreign");
+    }
 
     // The bridge never learnt B's address, or the gateway's, at A's MAC.
     let neighbours = bubble.ns.sh("ip neigh show dev hpk-bridge");

@@ -56,7 +56,7 @@ fn the_container_has_its_address_route_mtu_and_mac_and_reaches_the_gateway() {
 #[test]
 #[ignore = "needs root: run with cargo xtask test"]
 fn tcp_from_the_container_arrives_intact_and_crosses_the_relay() {
-    let bubble = Bubble::new();
+    let bubble = Bubble::with_data_path("relay");
     let before = bubble.snapshot();
     // The bridge (the gateway address) only exists once a container runs,
     // so the receiver listens on every address of the bubble.

@@ -25,6 +25,9 @@ pub struct Bubble {
     pub ns: Netns,
     pub dir: tempfile::TempDir,
     pub image: PathBuf,
+    /// `HPKTAINER_DATA_PATH` of every hpktainer command: auto unless a test
+    /// is about one path.
+    pub data_path: &'static str,
 }
 
 impl Bubble {
@@ -36,7 +39,20 @@ impl Bubble {
             .unwrap();
         std::fs::write(dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
         let image = hpk_testbed::image::busybox_image(&dir.path().join("img")).unwrap();
-        Self { ns, dir, image }
+        Self {
+            ns,
+            dir,
+            image,
+            data_path: "auto",
+        }
+    }
+
+    /// A bubble whose containers use the data path `mode`.
+    pub fn with_data_path(mode: &'static str) -> Self {
+        Self {
+            data_path: mode,
+            ..Self::new()
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -57,6 +73,7 @@ impl Bubble {
             )
             .env("HPK_STANDIN_LOG", self.path("standin.log"))
             .env("HPK_STANDIN_STATE_DIR", self.path("standin"))
+            .env("HPKTAINER_DATA_PATH", self.data_path)
             .env_remove("RUST_LOG");
         command
     }
