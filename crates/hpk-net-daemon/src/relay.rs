@@ -183,6 +183,10 @@ async fn socket_to_tap(
         if let Err(end) = deliver_to_tap(reader, inbound) {
             return end;
         }
+        // A socket that always has data never makes this pump wait, and
+        // try_read costs no cooperative budget: spend some per batch, so the
+        // control socket and other tasks on this thread still get turns.
+        tokio::task::consume_budget().await;
         loop {
             match stream.try_read(reader.read_space()) {
                 Ok(0) => return ConnectionEnd::PeerClosed,

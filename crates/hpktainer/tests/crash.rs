@@ -40,7 +40,8 @@ impl Scenario {
         // hpktainer is built by this cargo invocation with this crate's
         // features, so this is the binary's answer too.
         assert!(killpoint::compiled_in(), "{BUILD_WITH_KILL_POINTS}");
-        let bubble = Bubble::new();
+        // The mid-transfer kill point and the relay counters live in the relay.
+        let bubble = Bubble::with_data_path("relay");
         let image = bubble.image.display().to_string();
         let script = "echo up; exec sleep 600";
         let words = ["exec", &image, "sh", "-c", script];
