@@ -13,6 +13,7 @@
 //! panic, go on serving a well-behaved peer afterwards, and leave B's
 //! connection and bytes untouched. Needs root; run by `cargo xtask test`.
 
+use hpk_testbed::frames::arp_request;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
@@ -425,19 +426,6 @@ fn honest_peer_is_answered(socket: &Path) -> bool {
         }
     }
     false
-}
-
-/// An ARP who-has for `target` from `mac`/`ip`, padded to 60 bytes.
-fn arp_request(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&target);
-    frame.resize(60, 0);
-    frame
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! whose client holds 10.99.0.2/24 on tap0. Needs root; run by
 //! `cargo xtask test` (ignored by a plain `cargo test`).
 
+use hpk_testbed::frames::arp_request;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -343,19 +344,6 @@ fn sockets_are_private_and_removed_on_shutdown() {
 
 fn control_path(socket: &Path) -> PathBuf {
     hpk_net_daemon::stats::control_path(socket)
-}
-
-/// An ARP who-has for `target` from `mac`/`ip`, padded to 60 bytes.
-fn arp_request(mac: [u8; 6], ip: [u8; 4], target: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&ip);
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&target);
-    frame.resize(60, 0);
-    frame
 }
 
 /// A minimal UDP datagram from `mac`/`source` to `dest`, port 9 (discard).

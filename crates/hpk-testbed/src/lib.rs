@@ -8,6 +8,7 @@
 //! side and a failed assertion leaves nothing behind. Traffic only flows
 //! between namespaces made here.
 
+pub mod frames;
 pub mod image;
 pub mod leaks;
 pub mod netns;
