@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use hpk_net_daemon::codec::{FrameReader, LEN_PREFIX, MAX_FRAME};
 use hpk_net_daemon::stats::StatsSnapshot;
+use hpk_testbed::relay;
 use hpk_testbed::report::{self, kind};
 use hpk_testbed::transfer::{self, Receiver};
 use hpk_testbed::{Netns, Proc};
@@ -225,18 +226,7 @@ impl Rig {
 
 /// A filtering relay server for the container whose address ends in `host`.
 fn start_server(bubble: &Netns, socket: &Path, tap: &str, host: &str, log: Option<&Path>) -> Proc {
-    let mut command = bubble.command(DAEMON);
-    command.arg("server").arg("--socket").arg(socket);
-    command.args([
-        "--tap",
-        tap,
-        "--bridge",
-        "br0",
-        "--mtu",
-        "1500",
-        "--ready-fd",
-        "3",
-    ]);
+    let mut command = relay::server_command(bubble, Path::new(DAEMON), socket, tap);
     command.args(["--allow-mac", &format!("0a:58:0a:63:00:{host}")]);
     command.args([
         "--allow-ip",

@@ -6,11 +6,12 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hpk_net_daemon::stats::StatsSnapshot;
+use hpk_testbed::relay;
 use hpk_testbed::transfer::{self, Receiver};
 use hpk_testbed::{Netns, Proc};
 use nix::sys::signal::Signal;
@@ -99,10 +100,9 @@ impl Rig {
     }
 
     fn start_server(&mut self, extra: &[&str]) {
-        let mut command = self.bubble.command(DAEMON);
-        command.arg("server").arg("--socket").arg(&self.socket);
-        command.args(["--tap", "hpko0", "--bridge", "br0", "--mtu", "1500"]);
-        command.args(["--ready-fd", "3"]).args(extra);
+        let mut command =
+            relay::server_command(&self.bubble, Path::new(DAEMON), &self.socket, "hpko0");
+        command.args(extra);
         self.server = Some(Proc::spawn_ready("relay server", command));
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hpk_net_daemon::codec::{FrameReader, MAX_FRAME};
 use hpk_net_daemon::stats::StatsSnapshot;
+use hpk_testbed::relay;
 use hpk_testbed::report::{self, kind};
 use hpk_testbed::transfer::{self, Receiver};
 use hpk_testbed::{Netns, Proc};
@@ -77,18 +78,8 @@ impl Rig {
     }
 
     fn start_server_with(&mut self, extra: &[&str]) {
-        let mut command = self.bubble.command(DAEMON);
-        command.arg("server").arg("--socket").arg(&self.socket);
-        command.args([
-            "--tap",
-            "hpkt0",
-            "--bridge",
-            "br0",
-            "--mtu",
-            "1500",
-            "--ready-fd",
-            "3",
-        ]);
+        let mut command =
+            relay::server_command(&self.bubble, Path::new(DAEMON), &self.socket, "hpkt0");
         command.args(extra);
         self.server = Some(Proc::spawn_ready("relay server", command));
     }

@@ -14,6 +14,7 @@ pub mod leaks;
 pub mod netns;
 pub mod overlay;
 pub mod process;
+pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod transfer;

@@ -305,18 +305,7 @@ fn the_archive_runs_its_entrypoint_against_a_relay() {
     bubble.ip("link set br0 up");
     fs::create_dir_all(rootfs.join("run/hpk")).unwrap();
     let socket = rootfs.join("run/hpk/s");
-    let mut server = bubble.command(&daemon_path);
-    server.arg("server").arg("--socket").arg(&socket);
-    server.args([
-        "--tap",
-        "hpki0",
-        "--bridge",
-        "br0",
-        "--mtu",
-        "1500",
-        "--ready-fd",
-        "3",
-    ]);
+    let server = hpk_testbed::relay::server_command(&bubble, &daemon_path, &socket, "hpki0");
     let server = Proc::spawn_ready("relay server", server);
 
     let container = Netns::new("ic");
